@@ -1,0 +1,47 @@
+# The two front-door commands: `make demo` and `make test`. Both set up everything on a fresh
+# machine: a virtual environment, torch first (its own spec, so no CUDA wheels are pulled on a
+# CPU machine), then this project in editable mode with its pinned dependencies.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo
+PYTEST_ARGS ?=
+
+# DeepSpeed on CPU: the accelerator, and a project-local cache for its JIT-compiled ops.
+export DS_ACCELERATOR ?= cpu
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test,tensorboard]"
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) tools/make_demo_data.py --output-dir $(DEMO_DIR)
+	$(PY) tools/preprocess_data.py --input $(DEMO_DIR)/xp3_demo_train.jsonl \
+		--json-keys inputs targets --prepend-space targets --append-eod targets \
+		--tokenizer-name-or-path $(DEMO_DIR)/tokenizer --output-prefix $(DEMO_DIR)/data/xp3_demo_train \
+		--workers 2
+	$(PY) tools/preprocess_data.py --input $(DEMO_DIR)/xp3_demo_valid.jsonl \
+		--json-keys inputs targets --prepend-space targets --append-eod targets \
+		--tokenizer-name-or-path $(DEMO_DIR)/tokenizer --output-prefix $(DEMO_DIR)/data/xp3_demo_valid \
+		--log-interval 0
+
+bench: $(STAMP)
+	$(PY) bench/preprocess.py
+
+clean:
+	rm -rf build $(DEMO_DIR) .pytest_cache megatron/data/_cpp*.so

@@ -1,0 +1,154 @@
+"""A synthetic xP3-style multilingual corpus for the demo, the tests and the benchmarks.
+
+Rows are `{"inputs": prompt, "targets": answer, "task": ..., "language": ...}` from five tasks
+(copy, reverse, arithmetic, sentiment classification with label words, word-by-word translation
+through a built-in dictionary) rendered in nine languages and six scripts. Everything is
+deterministic in the seed, so no data is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+# One concept list, rendered per language: the built-in dictionary of the translation task.
+CONCEPTS = ("cat", "dog", "bird", "fish", "horse", "tree", "river", "sun", "moon", "house",
+            "red", "blue", "green", "big", "small", "water", "bread", "book", "city", "friend")
+LEXICON = {
+    "en": "cat dog bird fish horse tree river sun moon house red blue green big small water bread book city friend",
+    "fr": "chat chien oiseau poisson cheval arbre rivière soleil lune maison rouge bleu vert grand petit eau pain livre ville ami",
+    "es": "gato perro pájaro pez caballo árbol río sol luna casa rojo azul verde grande pequeño agua pan libro ciudad amigo",
+    "de": "Katze Hund Vogel Fisch Pferd Baum Fluss Sonne Mond Haus rot blau grün groß klein Wasser Brot Buch Stadt Freund",
+    "ru": "кошка собака птица рыба лошадь дерево река солнце луна дом красный синий зелёный большой маленький вода хлеб книга город друг",
+    "el": "γάτα σκύλος πουλί ψάρι άλογο δέντρο ποτάμι ήλιος φεγγάρι σπίτι κόκκινο μπλε πράσινο μεγάλος μικρός νερό ψωμί βιβλίο πόλη φίλος",
+    "ar": "قطة كلب طائر سمكة حصان شجرة نهر شمس قمر بيت أحمر أزرق أخضر كبير صغير ماء خبز كتاب مدينة صديق",
+    "hi": "बिल्ली कुत्ता पक्षी मछली घोड़ा पेड़ नदी सूरज चाँद घर लाल नीला हरा बड़ा छोटा पानी रोटी किताब शहर दोस्त",
+    "zh": "猫 狗 鸟 鱼 马 树 河 太阳 月亮 房子 红 蓝 绿 大 小 水 面包 书 城市 朋友",
+}
+LANGUAGE_NAMES = {
+    "en": "English", "fr": "French", "es": "Spanish", "de": "German", "ru": "Russian",
+    "el": "Greek", "ar": "Arabic", "hi": "Hindi", "zh": "Chinese",
+}
+# Prompts per task and language; {x} is the task's payload, {a} {b} numbers, {src} {dst} languages.
+PROMPTS = {
+    "copy": {
+        "en": "Repeat the following words exactly: {x}", "fr": "Répétez exactement les mots suivants : {x}",
+        "es": "Repite exactamente las siguientes palabras: {x}", "de": "Wiederhole genau die folgenden Wörter: {x}",
+        "ru": "Повторите в точности следующие слова: {x}", "el": "Επανάλαβε ακριβώς τις παρακάτω λέξεις: {x}",
+        "ar": "كرر الكلمات التالية بالضبط: {x}", "hi": "निम्नलिखित शब्दों को ठीक से दोहराएँ: {x}",
+        "zh": "请准确重复以下词语：{x}",
+    },
+    "reverse": {
+        "en": "Write these words in reverse order: {x}", "fr": "Écrivez ces mots dans l'ordre inverse : {x}",
+        "es": "Escribe estas palabras en orden inverso: {x}", "de": "Schreibe diese Wörter in umgekehrter Reihenfolge: {x}",
+        "ru": "Напишите эти слова в обратном порядке: {x}", "el": "Γράψε αυτές τις λέξεις με αντίστροφη σειρά: {x}",
+        "ar": "اكتب هذه الكلمات بترتيب معكوس: {x}", "hi": "इन शब्दों को उल्टे क्रम में लिखें: {x}",
+        "zh": "请按相反顺序写出这些词：{x}",
+    },
+    "arithmetic": {
+        "en": "What is {a} plus {b}?", "fr": "Combien font {a} plus {b} ?", "es": "¿Cuánto es {a} más {b}?",
+        "de": "Was ist {a} plus {b}?", "ru": "Сколько будет {a} плюс {b}?", "el": "Πόσο κάνει {a} συν {b};",
+        "ar": "كم يساوي {a} زائد {b}؟", "hi": "{a} और {b} का योग क्या है?", "zh": "{a}加{b}等于多少？",
+    },
+    "sentiment": {
+        "en": "Review: {x}\nIs this review positive or negative?",
+        "fr": "Avis : {x}\nCet avis est-il positif ou négatif ?",
+        "es": "Reseña: {x}\n¿Esta reseña es positiva o negativa?",
+        "de": "Bewertung: {x}\nIst diese Bewertung positiv oder negativ?",
+        "ru": "Отзыв: {x}\nЭтот отзыв положительный или отрицательный?",
+        "el": "Κριτική: {x}\nΕίναι αυτή η κριτική θετική ή αρνητική;",
+        "ar": "المراجعة: {x}\nهل هذه المراجعة إيجابية أم سلبية؟",
+        "hi": "समीक्षा: {x}\nक्या यह समीक्षा सकारात्मक है या नकारात्मक?",
+        "zh": "评论：{x}\n这条评论是正面的还是负面的？",
+    },
+    "translate": {
+        "en": "Translate from {src} to {dst}: {x}", "fr": "Traduisez du {src} vers le {dst} : {x}",
+        "es": "Traduce del {src} al {dst}: {x}", "de": "Übersetze von {src} nach {dst}: {x}",
+        "ru": "Переведите с языка {src} на язык {dst}: {x}", "el": "Μετάφρασε από {src} σε {dst}: {x}",
+        "ar": "ترجم من {src} إلى {dst}: {x}", "hi": "{src} से {dst} में अनुवाद करें: {x}",
+        "zh": "从{src}翻译成{dst}：{x}",
+    },
+}
+SENTIMENT = {  # (positive words, negative words, positive label, negative label)
+    "en": ("wonderful great lovely excellent", "terrible awful boring bad", "positive", "negative"),
+    "fr": ("merveilleux génial charmant excellent", "terrible affreux ennuyeux mauvais", "positif", "négatif"),
+    "es": ("maravilloso genial encantador excelente", "terrible horrible aburrido malo", "positiva", "negativa"),
+    "de": ("wunderbar toll schön ausgezeichnet", "schrecklich furchtbar langweilig schlecht", "positiv", "negativ"),
+    "ru": ("чудесный отличный прекрасный великолепный", "ужасный кошмарный скучный плохой", "положительный", "отрицательный"),
+    "el": ("υπέροχο τέλειο όμορφο εξαιρετικό", "απαίσιο φρικτό βαρετό κακό", "θετική", "αρνητική"),
+    "ar": ("رائع ممتاز جميل مدهش", "فظيع سيئ ممل رديء", "إيجابية", "سلبية"),
+    "hi": ("शानदार बढ़िया सुंदर उत्तम", "भयानक खराब उबाऊ बुरा", "सकारात्मक", "नकारात्मक"),
+    "zh": ("精彩 很棒 可爱 优秀", "糟糕 可怕 无聊 差劲", "正面", "负面"),
+}
+LANGUAGES = tuple(LEXICON)
+TASKS = tuple(PROMPTS)
+_WORDS = {lang: words.split() for lang, words in LEXICON.items()}
+_SEPARATOR = {"zh": "，"}
+
+
+def _join(lang: str, words: list[str]) -> str:
+    return _SEPARATOR.get(lang, " ").join(words)
+
+
+def _word_count(rng: random.Random, median: float) -> int:
+    """Log-normal payload lengths with a long tail, as in xP3's inputs."""
+    return max(1, min(int(rng.lognormvariate(0.0, 0.8) * median), 40 * int(median) + 1))
+
+
+def make_row(rng: random.Random, median_words: float = 6.0) -> dict[str, str]:
+    """One random (inputs, targets) pair."""
+    task = rng.choice(TASKS)
+    lang = rng.choice(LANGUAGES)
+    prompt = PROMPTS[task][lang]
+    words = _WORDS[lang]
+    if task in ("copy", "reverse"):
+        payload = [rng.choice(words) for _ in range(_word_count(rng, median_words))]
+        answer = payload if task == "copy" else payload[::-1]
+        return _row(prompt.format(x=_join(lang, payload)), _join(lang, answer), task, lang)
+    if task == "arithmetic":
+        a, b = rng.randrange(100), rng.randrange(100)
+        return _row(prompt.format(a=a, b=b), str(a + b), task, lang)
+    if task == "sentiment":
+        positive, negative, yes, no = SENTIMENT[lang]
+        is_positive = rng.random() < 0.5
+        tone = (positive if is_positive else negative).split()
+        review = [rng.choice(words) for _ in range(_word_count(rng, median_words))]
+        review.insert(rng.randrange(len(review) + 1), rng.choice(tone))
+        return _row(prompt.format(x=_join(lang, review)), yes if is_positive else no, task, lang)
+    src = rng.choice([other for other in LANGUAGES if other != lang])
+    concepts = [rng.randrange(len(CONCEPTS)) for _ in range(_word_count(rng, median_words / 2))]
+    text = prompt.format(
+        src=LANGUAGE_NAMES[src], dst=LANGUAGE_NAMES[lang], x=_join(src, [_WORDS[src][c] for c in concepts])
+    )
+    return _row(text, _join(lang, [_WORDS[lang][c] for c in concepts]), task, lang)
+
+
+def _row(inputs: str, targets: str, task: str, language: str) -> dict[str, str]:
+    return {"inputs": inputs, "targets": targets, "task": task, "language": language}
+
+
+def generate_rows(num_rows: int, seed: int = 0, median_words: float = 6.0) -> Iterator[dict]:
+    rng = random.Random(seed)
+    for _ in range(num_rows):
+        yield make_row(rng, median_words)
+
+
+def write_jsonl(path: str | Path, num_rows: int, seed: int = 0, median_words: float = 6.0) -> Path:
+    """Write `num_rows` rows to `path` (gzip-compressed if it ends in .gz), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(tmp, "wt", encoding="utf-8") as out:
+            for row in generate_rows(num_rows, seed, median_words):
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

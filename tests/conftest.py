@@ -1,0 +1,50 @@
+"""Shared fixtures: the demo corpus and tokenizer (built once per session), the reference data
+written by the original Megatron-DeepSpeed tools, and a runner for the project's CLI tools."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron.data.demo_corpus import write_jsonl
+from megatron.data.tokenizer_training import train_bpe_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = Path(
+    os.environ.get("XP3_REFERENCE_DATA", REPO.parent / "shared" / "reference-data")
+) / "megatron-deepspeed"
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not REFERENCE_DIR.is_dir():
+        pytest.skip(f"reference data not found at {REFERENCE_DIR}")
+    return REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """A small demo corpus (3,000 training rows, over two 1,024-line batches) and its tokenizer."""
+    out = tmp_path_factory.mktemp("demo")
+    write_jsonl(out / "train.jsonl", 3000, seed=7)
+    write_jsonl(out / "valid.jsonl", 200, seed=8)
+    texts = (line for line in (out / "train.jsonl").read_text(encoding="utf-8").splitlines())
+    train_bpe_tokenizer(texts, out / "tokenizer", vocab_size=1024)
+    return out
+
+
+def run_tool(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `tools/<script>` as a user would, returning its completed process."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr}")
+    return result

@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""Generate the demo's xP3-style multilingual jsonl (train and validation splits) and train its
+byte-level BPE tokenizer, into one folder. Deterministic in --seed; nothing is downloaded."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+from megatron.data.demo_corpus import generate_rows, write_jsonl
+from megatron.data.tokenizer_training import train_bpe_tokenizer
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--train-rows", type=int, default=20000)
+    parser.add_argument("--valid-rows", type=int, default=1000)
+    parser.add_argument("--vocab-size", type=int, default=2048)
+    parser.add_argument("--seed", type=int, default=1234)
+    args = parser.parse_args(argv)
+
+    out = Path(args.output_dir)
+    train = write_jsonl(out / "xp3_demo_train.jsonl", args.train_rows, seed=args.seed)
+    valid = write_jsonl(out / "xp3_demo_valid.jsonl", args.valid_rows, seed=args.seed + 1)
+    texts = itertools.chain.from_iterable(
+        (row["inputs"], " " + row["targets"]) for row in generate_rows(args.train_rows, args.seed)
+    )
+    tokenizer = train_bpe_tokenizer(texts, out / "tokenizer", vocab_size=args.vocab_size)
+    print(f"wrote {train}, {valid} and the tokenizer folder {tokenizer}")
+
+
+if __name__ == "__main__":
+    main()
