@@ -6,7 +6,7 @@ from setuptools import find_namespace_packages, setup
 
 native = Pybind11Extension(
     "megatron.data._cpp",
-    sources=["csrc/module.cpp", "csrc/indexed_writer.cpp"],
+    sources=["csrc/module.cpp", "csrc/indexed_writer.cpp", "csrc/packing.cpp"],
     include_dirs=["csrc"],
     cxx_std=17,
     extra_compile_args=["-O3"],
