@@ -41,7 +41,7 @@ using Int64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecas
 using Int32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 
 py::tuple pack_pairs(const Int64Array& order, const Int32Array& lengths, int64_t capacity,
-                     const std::string& strategy, int64_t open_rows) {
+                     const std::string& strategy, int64_t window) {
   const int64_t* order_data = order.data();
   const int64_t n = order.size();
   for (int64_t i = 0; i < n; ++i) {
@@ -56,7 +56,7 @@ py::tuple pack_pairs(const Int64Array& order, const Int32Array& lengths, int64_t
     if (strategy == "greedy") {
       rows = xp3::pack_greedy(order_data, n, lengths.data(), capacity);
     } else if (strategy == "best_fit") {
-      rows = xp3::pack_best_fit(order_data, n, lengths.data(), capacity, open_rows);
+      rows = xp3::pack_best_fit(order_data, n, lengths.data(), capacity, window);
     } else {
       throw std::invalid_argument("unknown packing strategy '" + strategy +
                                   "' (greedy or best_fit)");
@@ -86,7 +86,7 @@ PYBIND11_MODULE(_cpp, m) {
   m.doc() = "Native helpers of megatron.data: the MMIDIDX writer, packing and blending indices.";
 
   m.def("pack_pairs", &pack_pairs, py::arg("order"), py::arg("lengths"), py::arg("capacity"),
-        py::arg("strategy"), py::arg("open_rows") = 256,
+        py::arg("strategy"), py::arg("window") = 1024,
         "Pack pairs (ids in `order`, lengths by id) into rows of `capacity` tokens; returns "
         "(offsets, pairs): row r holds pairs[offsets[r]:offsets[r+1]].");
   m.def("build_blending_indices", &build_blending_indices, py::arg("weights"), py::arg("size"),

@@ -1,6 +1,7 @@
 // Implementation of the packers and the blending index declared in packing.h.
 #include "packing.h"
 
+#include <algorithm>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -39,8 +40,8 @@ PackedRows pack_greedy(const int64_t* order, int64_t n, const int32_t* lengths, 
 }
 
 PackedRows pack_best_fit(const int64_t* order, int64_t n, const int32_t* lengths, int64_t capacity,
-                         int64_t open_rows) {
-  if (open_rows < 1) throw std::invalid_argument("open_rows must be at least 1");
+                         int64_t window) {
+  if (window < 1) throw std::invalid_argument("window must be at least 1");
   PackedRows rows;
   std::vector<std::vector<int64_t>> slots;  // the pairs of each open row
   std::vector<int64_t> free_slots;
@@ -55,29 +56,35 @@ PackedRows pack_best_fit(const int64_t* order, int64_t n, const int32_t* lengths
     free_slots.push_back(slot);
   };
 
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t pair = order[i];
-    const int32_t length = checked_length(lengths, pair, capacity);
-    auto fit = by_room.lower_bound({length, -1});  // the tightest row with room enough
-    int64_t slot, room;
-    if (fit != by_room.end()) {
-      slot = fit->second;
-      room = fit->first;
-      by_room.erase(fit);
-    } else {
-      if (static_cast<int64_t>(by_room.size()) == open_rows) close(by_room.begin());
-      if (free_slots.empty()) {
-        free_slots.push_back(static_cast<int64_t>(slots.size()));
-        slots.emplace_back();
+  std::vector<int64_t> chunk;
+  for (int64_t start = 0; start < n; start += window) {
+    chunk.assign(order + start, order + std::min(n, start + window));
+    std::stable_sort(chunk.begin(), chunk.end(), [lengths](int64_t a, int64_t b) {
+      return lengths[a] > lengths[b];
+    });
+    for (const int64_t pair : chunk) {
+      const int32_t length = checked_length(lengths, pair, capacity);
+      auto fit = by_room.lower_bound({length, -1});  // the tightest row with room enough
+      int64_t slot, room;
+      if (fit != by_room.end()) {
+        slot = fit->second;
+        room = fit->first;
+        by_room.erase(fit);
+      } else {
+        if (static_cast<int64_t>(by_room.size()) == window) close(by_room.begin());
+        if (free_slots.empty()) {
+          free_slots.push_back(static_cast<int64_t>(slots.size()));
+          slots.emplace_back();
+        }
+        slot = free_slots.back();
+        free_slots.pop_back();
+        room = capacity;
       }
-      slot = free_slots.back();
-      free_slots.pop_back();
-      room = capacity;
+      slots[slot].push_back(pair);
+      room -= length;
+      auto placed = by_room.insert({room, slot}).first;
+      if (room == 0) close(placed);
     }
-    slots[slot].push_back(pair);
-    room -= length;
-    auto placed = by_room.insert({room, slot}).first;
-    if (room == 0) close(placed);
   }
   while (!by_room.empty()) close(by_room.begin());
   return rows;

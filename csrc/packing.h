@@ -17,11 +17,13 @@ struct PackedRows {
 // not fit, then start a new row. Every length must be in [1, capacity].
 PackedRows pack_greedy(const int64_t* order, int64_t n, const int32_t* lengths, int64_t capacity);
 
-// Best fit over `open_rows` rows held open at once: each pair (in `order`) goes to the open row
-// it fills most tightly; when none has room and all are open, the fullest row is closed first.
-// Rows come out in the order they are closed. Every length must be in [1, capacity].
+// Best-fit decreasing over a sliding window: `order` is taken `window` pairs at a time, each
+// chunk longest first; each pair goes to the open row it fills most tightly, at most `window`
+// rows are open, and when none has room the fullest is closed first. Rows come out in the order
+// they are closed; the input order stays random at the scale of a window. Every length must be
+// in [1, capacity].
 PackedRows pack_best_fit(const int64_t* order, int64_t n, const int32_t* lengths, int64_t capacity,
-                         int64_t open_rows);
+                         int64_t window);
 
 // For `size` global samples, the dataset of each (the one whose count lags its weight the most,
 // ties to the lowest index) and its running index within that dataset.
