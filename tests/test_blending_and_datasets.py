@@ -11,9 +11,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_packing import write_pairs, xp3_like_lengths
+from test_packing import write_pairs
 
 from megatron.data.blending import blending_indices
+from megatron.data.demo_corpus import xp3_like_pair_lengths
 from megatron.data.data_config import DataGroup, DatasetRange
 from megatron.data.mtf_datasets import build_group
 from megatron.data.packing import PackedDataset, PackingConfig, build_packing_index
@@ -62,7 +63,7 @@ def test_every_target_token_is_in_the_loss_exactly_once_per_epoch(reference_dir)
 
 
 def test_rows_never_mix_datasets(reference_dir, tmp_path):
-    write_pairs(tmp_path / "other", *xp3_like_lengths(300), seed=5)
+    write_pairs(tmp_path / "other", *xp3_like_pair_lengths(300), seed=5)
     group = DataGroup("train", (DatasetRange(2.0, str(reference_dir / "ag_news_prompt")),
                                 DatasetRange(1.0, str(tmp_path / "other"))))
     blend = build_group(group, PackingConfig(256), 120, pad_id=3, cache_path=str(tmp_path / "cache"))
@@ -82,7 +83,7 @@ def test_rows_never_mix_datasets(reference_dir, tmp_path):
 
 
 def test_splits_cut_each_dataset_by_pair_range(tmp_path):
-    write_pairs(tmp_path / "d", *xp3_like_lengths(200))
+    write_pairs(tmp_path / "d", *xp3_like_pair_lengths(200))
     train = build_group(DataGroup("train", (DatasetRange(1.0, str(tmp_path / "d"), 0.0, 0.9),)),
                         PackingConfig(512), 20, pad_id=3)
     valid = build_group(DataGroup("valid", (DatasetRange(1.0, str(tmp_path / "d"), 0.9, 1.0),)),
@@ -92,7 +93,7 @@ def test_splits_cut_each_dataset_by_pair_range(tmp_path):
 
 
 def test_index_cache_is_reused_and_keyed(tmp_path):
-    pairs = write_pairs(tmp_path / "d", *xp3_like_lengths(300))
+    pairs = write_pairs(tmp_path / "d", *xp3_like_pair_lengths(300))
     first = build_packing_index(pairs, PackingConfig(256, seed=1), 50, cache_dir=str(tmp_path / "c"))
     entries = sorted(p.name for p in (tmp_path / "c").iterdir())
     again = build_packing_index(pairs, PackingConfig(256, seed=1), 50, cache_dir=str(tmp_path / "c"))
@@ -117,7 +118,7 @@ def _build_in_process(rank: int, world: int, port: int, folder: str, results) ->
 def test_one_rank_builds_the_cache_and_the_others_load_it(tmp_path):
     from megatron_test_utils import free_port
 
-    write_pairs(tmp_path / "d", *xp3_like_lengths(300))
+    write_pairs(tmp_path / "d", *xp3_like_pair_lengths(300))
     with mp.Manager() as manager:
         results = manager.dict()
         mp.spawn(_build_in_process, args=(2, free_port(), str(tmp_path), results), nprocs=2)

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from megatron.data import _cpp
+from megatron.data.demo_corpus import xp3_like_pair_lengths
 from megatron.data.indexed_dataset import IndexedDatasetBuilder
 from megatron.data.packing import PackedDataset, PackingConfig, build_packing_index, packing_efficiency
 from megatron.data.pairs import PairDataset
@@ -28,14 +29,6 @@ def write_pairs(prefix: Path, input_lengths, target_lengths, vocab: int = 1000, 
                 builder.add_document(rng.integers(4, vocab, n))
             builder.finalize()
     return PairDataset(prefix)
-
-
-def xp3_like_lengths(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Log-normal inputs (median ~100 tokens, long tail), targets mostly 1-20 tokens."""
-    rng = np.random.default_rng(seed)
-    inputs = np.clip(rng.lognormal(np.log(100), 1.0, n), 1, None).astype(np.int32)
-    targets = np.where(rng.random(n) < 0.9, rng.integers(1, 21, n), rng.integers(21, 200, n)).astype(np.int32)
-    return inputs, targets
 
 
 @settings(max_examples=200, deadline=None)
@@ -129,7 +122,7 @@ def test_packed_rows_agree_with_their_pairs(lengths, seq_length, strategy, overl
 
 
 def test_epochs_reshuffle_and_seeds_differ(tmp_path):
-    pairs = write_pairs(tmp_path / "p", *xp3_like_lengths(500))
+    pairs = write_pairs(tmp_path / "p", *xp3_like_pair_lengths(500))
     config = PackingConfig(256, seed=1)
     one_epoch = build_packing_index(pairs, config, 1).num_rows
     index = build_packing_index(pairs, config, 3 * one_epoch)
@@ -150,8 +143,8 @@ def test_truncate_inputs_keeps_the_end_of_the_input(tmp_path):
 
 
 @pytest.mark.parametrize("seq_length", [512, 2048])
-def test_best_fit_beats_greedy_on_xp3_like_lengths(tmp_path, seq_length):
-    inputs, targets = xp3_like_lengths(200_000)
+def test_best_fit_beats_greedy_on_xp3_like_pair_lengths(tmp_path, seq_length):
+    inputs, targets = xp3_like_pair_lengths(200_000)
     lengths = (inputs + targets).astype(np.int32)
     usable = np.flatnonzero(lengths <= seq_length + 1)
     order = np.random.default_rng(0).permutation(usable)
@@ -165,7 +158,7 @@ def test_best_fit_beats_greedy_on_xp3_like_lengths(tmp_path, seq_length):
 
 
 def test_packing_efficiency_is_reported(tmp_path, caplog):
-    pairs = write_pairs(tmp_path / "p", *xp3_like_lengths(2000))
+    pairs = write_pairs(tmp_path / "p", *xp3_like_pair_lengths(2000))
     with caplog.at_level("INFO"):
         index = build_packing_index(pairs, PackingConfig(512), 10)
     assert "packing efficiency" in caplog.text

@@ -2,8 +2,8 @@
 
 Rows are `{"inputs": prompt, "targets": answer, "task": ..., "language": ...}` from five tasks
 (copy, reverse, arithmetic, sentiment classification with label words, word-by-word translation
-through a built-in dictionary) rendered in nine languages and six scripts. Everything is
-deterministic in the seed, so no data is ever downloaded.
+through a built-in dictionary) rendered in nine languages and six scripts, and xP3-like pair lengths for packing experiments.
+Everything is deterministic in the seed, so no data is ever downloaded.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 # One concept list, rendered per language: the built-in dictionary of the translation task.
 CONCEPTS = ("cat", "dog", "bird", "fish", "horse", "tree", "river", "sun", "moon", "house",
@@ -152,3 +154,13 @@ def write_jsonl(path: str | Path, num_rows: int, seed: int = 0, median_words: fl
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def xp3_like_pair_lengths(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(input, target) token counts shaped like xP3's: log-normal inputs (median 100 tokens,
+    sigma 1: a long tail), targets mostly 1-20 tokens (10% longer, up to 200)."""
+    rng = np.random.default_rng(seed)
+    inputs = np.clip(rng.lognormal(np.log(100), 1.0, n), 1, None).astype(np.int32)
+    short = rng.random(n) < 0.9
+    targets = np.where(short, rng.integers(1, 21, n), rng.integers(21, 200, n)).astype(np.int32)
+    return inputs, targets

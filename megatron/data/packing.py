@@ -49,11 +49,11 @@ class PackingConfig:
         return self.seq_length + 1
 
 
-def kept_input_lengths(pairs: PairDataset, config: PackingConfig) -> np.ndarray:
+def kept_input_lengths(input_sizes: np.ndarray, target_sizes: np.ndarray, config: PackingConfig) -> np.ndarray:
     """Input tokens kept per pair: all, or (truncate_inputs) the last ones that fit beside the
     target; 0 marks a pair that cannot be used (it is skipped)."""
-    inputs = pairs.input_sizes.astype(np.int64)
-    targets = pairs.target_sizes.astype(np.int64)
+    inputs = input_sizes.astype(np.int64)
+    targets = target_sizes.astype(np.int64)
     fits = inputs + targets <= config.capacity
     if config.overlong == "skip":
         return np.where(fits, inputs, 0)
@@ -73,14 +73,16 @@ class PackingIndex:
         return len(self.offsets) - 1
 
 
-def _pack_epochs(pairs: PairDataset, config: PackingConfig, num_samples: int) -> dict[str, np.ndarray]:
-    input_lengths = kept_input_lengths(pairs, config)
+def pack_epochs(
+    input_sizes: np.ndarray, target_sizes: np.ndarray, config: PackingConfig, num_samples: int, name: str
+) -> dict[str, np.ndarray]:
+    """Shuffle and pack whole epochs of the pairs (given by their lengths) until there are
+    `num_samples` rows; the arrays of a PackingIndex, plus the number of epochs."""
+    input_lengths = kept_input_lengths(input_sizes, target_sizes, config)
     usable = np.flatnonzero(input_lengths > 0)
     if len(usable) == 0:
-        raise ValueError(
-            f"{pairs.prefix}: none of its {len(pairs)} pairs fits a row of {config.capacity} tokens"
-        )
-    lengths = (input_lengths + pairs.target_sizes).astype(np.int32)
+        raise ValueError(f"{name}: none of its {len(input_sizes)} pairs fits a row of {config.capacity} tokens")
+    lengths = (input_lengths + target_sizes).astype(np.int32)
     offsets, members, sample_rows = [np.zeros(1, np.int64)], [], []
     num_rows = epoch = 0
     while num_rows < num_samples:
@@ -89,8 +91,7 @@ def _pack_epochs(pairs: PairDataset, config: PackingConfig, num_samples: int) ->
         epoch_offsets, epoch_pairs = _cpp.pack_pairs(
             order, lengths, config.capacity, config.strategy, config.window
         )
-        pairs_before = offsets[-1][-1]
-        offsets.append(epoch_offsets[1:] + pairs_before)
+        offsets.append(epoch_offsets[1:] + offsets[-1][-1])
         members.append(epoch_pairs)
         epoch_rows = len(epoch_offsets) - 1
         sample_rows.append(rng.permutation(epoch_rows) + num_rows)
@@ -116,7 +117,9 @@ def build_packing_index(
         "num_samples": int(num_samples),
         **asdict(config),
     }
-    build = lambda: _pack_epochs(pairs, config, num_samples)  # noqa: E731
+    def build() -> dict[str, np.ndarray]:
+        return pack_epochs(pairs.input_sizes, pairs.target_sizes, config, num_samples, pairs.prefix)
+
     arrays = cached_arrays(cache_dir, "packing", description, build) if cache_dir else build()
     index = PackingIndex(arrays["offsets"], arrays["pairs"], arrays["sample_rows"], arrays["input_lengths"])
     log.info(
