@@ -1,0 +1,80 @@
+"""The model's shape and options (`BloomModelConfig`), from flags or from a HF `BloomConfig`,
+and the vocabulary padding rule of Megatron (`--make-vocab-size-divisible-by`,
+`--pad-vocab-size-to`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def padded_vocab_size(vocab_size: int, tp_size: int, divisible_by: int = 128, pad_to: int | None = None) -> int:
+    """Megatron's rule: the next multiple of `divisible_by * tp_size`, or exactly `pad_to`."""
+    if pad_to is not None:
+        if pad_to < vocab_size or pad_to % tp_size:
+            raise ValueError(
+                f"--pad-vocab-size-to {pad_to} must be at least the vocabulary ({vocab_size}) "
+                f"and divisible by --tensor-model-parallel-size {tp_size}"
+            )
+        return pad_to
+    multiple = divisible_by * tp_size
+    return -(-vocab_size // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class BloomModelConfig:
+    vocab_size: int  # padded: rows of the embedding matrix
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    layer_norm_eps: float = 1e-5
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    init_method_std: float = 0.02
+    attention_backend: str = "reference"
+    prefix_lm: bool = False  # bidirectional attention among a pair's input tokens
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"--hidden-size {self.hidden_size} is not divisible by "
+                             f"--num-attention-heads {self.num_heads}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def check_tensor_parallel(self, tp_size: int) -> None:
+        if self.num_heads % tp_size:
+            raise ValueError(f"--tensor-model-parallel-size {tp_size} does not divide the "
+                             f"{self.num_heads} attention heads")
+        if self.vocab_size % tp_size:
+            raise ValueError(f"the padded vocabulary ({self.vocab_size}) is not divisible by "
+                             f"--tensor-model-parallel-size {tp_size}")
+
+    @classmethod
+    def from_hf(cls, hf_config, vocab_size: int | None = None, **options) -> "BloomModelConfig":
+        """From a transformers `BloomConfig`; `vocab_size` overrides its (padded) size."""
+        return cls(
+            vocab_size=vocab_size or hf_config.vocab_size,
+            hidden_size=hf_config.hidden_size,
+            num_layers=hf_config.n_layer,
+            num_heads=hf_config.n_head,
+            layer_norm_eps=hf_config.layer_norm_epsilon,
+            init_method_std=hf_config.initializer_range,
+            **options,
+        )
+
+    def to_hf(self, vocab_size: int, **extra):
+        """A transformers `BloomConfig` for `vocab_size` (the unpadded vocabulary)."""
+        from transformers import BloomConfig
+
+        return BloomConfig(
+            vocab_size=vocab_size,
+            hidden_size=self.hidden_size,
+            n_layer=self.num_layers,
+            n_head=self.num_heads,
+            layer_norm_epsilon=self.layer_norm_eps,
+            initializer_range=self.init_method_std,
+            hidden_dropout=self.hidden_dropout,
+            attention_dropout=self.attention_dropout,
+            **extra,
+        )

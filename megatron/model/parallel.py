@@ -1,0 +1,41 @@
+"""Setting up tensor/pipeline/data parallel groups (megatron-core's `parallel_state`) and the
+`ModelParallelConfig` its layers take, on CPU (gloo) or GPU (NCCL) alike."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.model_parallel_config import ModelParallelConfig
+
+
+def initialize_parallel(tp_size: int = 1, pp_size: int = 1) -> None:
+    """Create megatron-core's groups; torch.distributed is started first if it is not yet
+    (gloo on CPU, NCCL with CUDA) from the usual torchrun environment variables."""
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    world = dist.get_world_size()
+    if world % (tp_size * pp_size):
+        raise ValueError(f"world size {world} is not divisible by tensor ({tp_size}) x pipeline ({pp_size}) "
+                         "parallel sizes")
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tp_size, pipeline_model_parallel_size=pp_size
+    )
+
+
+def model_parallel_config(dtype: torch.dtype = torch.float32, device: str | None = None) -> ModelParallelConfig:
+    """The config megatron-core's layers take: weights created on the CPU when running there
+    (and initialised identically for any TP size from the same seed), in `dtype`."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return ModelParallelConfig(
+        tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
+        pipeline_model_parallel_size=parallel_state.get_pipeline_model_parallel_world_size(),
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        use_cpu_initialization=device == "cpu",
+        perform_initialization=True,
+        gradient_accumulation_fusion=False,
+        sequence_parallel=False,
+    )

@@ -1,0 +1,113 @@
+"""Code run inside spawned gloo processes by the model tests: tiny random HF BLOOMs, our model
+at several tensor-parallel sizes, and what they compute."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from transformers import BloomConfig, BloomForCausalLM
+
+from megatron.data.batch import loss_weights
+from megatron.model.bloom import BloomModel, token_losses
+from megatron.model.checkpoint_layout import split_for_tp, tp_split_dim
+from megatron.model.hf_conversion import HFCheckpoint, load_hf_into_model, model_config_from_hf
+from megatron.model.parallel import initialize_parallel, model_parallel_config
+
+VOCAB = 250
+
+
+def make_hf_model(folder: str, num_heads: int, seed: int = 0) -> BloomForCausalLM:
+    torch.manual_seed(seed)
+    config = BloomConfig(vocab_size=VOCAB, hidden_size=8 * num_heads, n_layer=2, n_head=num_heads,
+                         hidden_dropout=0.0, attention_dropout=0.0, attn_implementation="eager")
+    model = BloomForCausalLM(config).eval()
+    with torch.no_grad():  # LayerNorms and biases away from their 1/0 init, so they are tested too
+        for name, p in model.named_parameters():
+            if "layernorm" in name or "ln_f" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(folder)
+    return model
+
+
+def build_ours(folder: str, tp_size: int) -> BloomModel:
+    initialize_parallel(tp_size=tp_size)
+    checkpoint = HFCheckpoint(folder)
+    model = BloomModel(model_config_from_hf(checkpoint, tp_size), model_parallel_config())
+    load_hf_into_model(model, checkpoint, parallel_state.get_tensor_model_parallel_rank(), tp_size)
+    return model
+
+
+def full_grads(model: BloomModel, tp_size: int) -> dict[str, torch.Tensor]:
+    """Gradients of every parameter, gathered across tensor ranks into whole tensors."""
+    grads = {}
+    group = parallel_state.get_tensor_model_parallel_group()
+    for name, p in model.named_parameters():
+        local = name.split(".", 2)[-1] if name.startswith("layers.") else name.removeprefix("final_layernorm.")
+        dim = tp_split_dim(local)
+        if dim is None or tp_size == 1:
+            grads[name] = p.grad.clone()
+        else:
+            parts = [torch.empty_like(p.grad) for _ in range(tp_size)]
+            dist.all_gather(parts, p.grad.contiguous(), group=group)
+            grads[name] = torch.cat(parts, dim=dim)
+    return grads
+
+
+def packed_batch(seed: int = 1) -> tuple[dict[str, torch.Tensor], list[tuple[int, int]]]:
+    """One row holding three pairs (and padding), with a loss on each pair's last tokens."""
+    g = torch.Generator().manual_seed(seed)
+    spans = [(0, 7), (7, 16), (16, 21)]
+    seq = 24
+    tokens = torch.randint(4, VOCAB, (1, seq), generator=g)
+    segments = torch.zeros(1, seq, dtype=torch.long)
+    mask = torch.zeros(1, seq)
+    for k, (a, b) in enumerate(spans, start=1):
+        segments[0, a:b] = k
+        mask[0, b - 3 : b - 1] = 1
+    labels = torch.roll(tokens, -1, dims=1)
+    return {"tokens": tokens, "labels": labels, "segment_ids": segments, "loss_mask": mask}, spans
+
+
+def parity_worker(rank: int, world: int, port: int, folders: dict[int, str], out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    results = {}
+    torch.manual_seed(123)
+    tokens = torch.randint(0, VOCAB, (2, 16))
+    for heads, folder in folders.items():
+        hf = BloomForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+        with torch.no_grad():
+            hf_logits = hf(tokens).logits
+        batch, spans = packed_batch()
+        with torch.no_grad():
+            hf_pairs = [hf(batch["tokens"][:, a:b]).logits for a, b in spans]
+        per_tp = {}
+        for tp in (1, 2):
+            model = build_ours(folder, tp)
+            with torch.no_grad():
+                logits = model(tokens, torch.ones_like(tokens), gather_logits=True)[..., :VOCAB]
+                packed = model(batch["tokens"], batch["segment_ids"], gather_logits=True)[..., :VOCAB]
+            model.zero_grad()
+            loss = model.loss(batch, norm_target_loss=True)
+            loss.backward()
+            per_tp[tp] = (loss.detach(), full_grads(model, tp))
+            results[f"heads{heads}_tp{tp}_logits"] = (logits - hf_logits).abs().max().item()
+            results[f"heads{heads}_tp{tp}_packed"] = max(
+                (packed[:, a:b] - ref).abs().max().item() for (a, b), ref in zip(spans, hf_pairs)
+            )
+        results[f"heads{heads}_loss_tp2_vs_tp1"] = (per_tp[1][0] - per_tp[2][0]).abs().item()
+        results[f"heads{heads}_grad_tp2_vs_tp1"] = max(
+            (per_tp[1][1][n] - per_tp[2][1][n]).abs().max().item() for n in per_tp[1][1]
+        )
+        results[f"heads{heads}_grad_scale"] = max(g.abs().max().item() for g in per_tp[1][1].values())
+    if rank == 0:
+        torch.save(results, out)
+    parallel_state.destroy_model_parallel()
+    dist.destroy_process_group()
+
+
+__all__ = ["make_hf_model", "parity_worker", "split_for_tp", "loss_weights", "token_losses"]
