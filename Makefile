@@ -23,7 +23,7 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test,tensorboard]"
+	$(PY) -m pip install --quiet -e ".[test,tensorboard]" --config-settings editable_mode=compat
 	touch $@
 
 test: $(STAMP)

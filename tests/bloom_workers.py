@@ -10,9 +10,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from transformers import BloomConfig, BloomForCausalLM
 
-from megatron.data.batch import loss_weights
-from megatron.model.bloom import BloomModel, token_losses
-from megatron.model.checkpoint_layout import split_for_tp, tp_split_dim
+from megatron.model.bloom import BloomModel
+from megatron.model.checkpoint_layout import tp_split_dim
 from megatron.model.hf_conversion import HFCheckpoint, load_hf_into_model, model_config_from_hf
 from megatron.model.parallel import initialize_parallel, model_parallel_config
 
@@ -110,4 +109,21 @@ def parity_worker(rank: int, world: int, port: int, folders: dict[int, str], out
     dist.destroy_process_group()
 
 
-__all__ = ["make_hf_model", "parity_worker", "split_for_tp", "loss_weights", "token_losses"]
+def checkpoint_logits_worker(rank: int, world: int, port: int, checkpoint: str, out: str) -> None:
+    """Our model at TP=world loaded from one of our checkpoints: its gathered logits."""
+    from megatron.model.hf_conversion import MegatronCheckpoint
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    initialize_parallel(tp_size=world)
+    source = MegatronCheckpoint(checkpoint)
+    model = BloomModel(source.config, model_parallel_config())
+    source.load_into(model, parallel_state.get_tensor_model_parallel_rank(), world)
+    torch.manual_seed(5)
+    tokens = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        logits = model(tokens, torch.ones_like(tokens), gather_logits=True)[..., :VOCAB]
+    if rank == 0:
+        torch.save({"tokens": tokens, "logits": logits}, out)
+    parallel_state.destroy_model_parallel()
+    dist.destroy_process_group()

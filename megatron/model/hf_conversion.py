@@ -284,7 +284,7 @@ def convert_megatron_to_hf(input_dir: str | Path, output_dir: str | Path, tokeni
             k: v for k, v in checkpoint.hf_config.items()
             if k in ("bos_token_id", "eos_token_id", "pad_token_id", "apply_residual_connection_post_layernorm")
         })
-        hf_config.torch_dtype = str(dtype).removeprefix("torch.")
+        hf_config.dtype = dtype
         hf_config.architectures = ["BloomForCausalLM"]
         hf_config.save_pretrained(tmp)
         if tokenizer_dir is not None:

@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""Convert a HF BLOOM folder (config.json + safetensors or .bin, sharded or not) into our
+checkpoint at any tensor/pipeline size, to start finetuning from pretrained BLOOM:
+
+    python tools/convert_checkpoint/hf_to_megatron.py --hf-dir bloom-560m \\
+        --output-dir checkpoints/bloom-560m-tp2-pp2 --target-tp 2 --target-pp 2
+
+Streams one layer at a time; the output folder appears only when complete."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from megatron.model.hf_conversion import ConversionError, convert_hf_to_megatron
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hf-dir", required=True, help="a local HF BLOOM folder")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--target-tp", type=int, default=1, help="tensor-parallel size")
+    parser.add_argument("--target-pp", type=int, default=1, help="pipeline-parallel size")
+    parser.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
+                        help="pad the vocabulary to a multiple of this x TP (Megatron's rule)")
+    parser.add_argument("--pad-vocab-size-to", type=int, default=None,
+                        help="pad the vocabulary to exactly this size instead")
+    args = parser.parse_args(argv)
+    try:
+        out = convert_hf_to_megatron(args.hf_dir, args.output_dir, args.target_tp, args.target_pp,
+                                     args.make_vocab_size_divisible_by, args.pad_vocab_size_to)
+    except (ConversionError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} (TP={args.target_tp}, PP={args.target_pp})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

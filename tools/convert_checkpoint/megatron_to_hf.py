@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""Convert one of our checkpoints (any TP/PP: what training saves, or what hf_to_megatron.py
+wrote) into a HF folder that `BloomForCausalLM.from_pretrained` loads:
+
+    python tools/convert_checkpoint/megatron_to_hf.py --checkpoint-dir checkpoints/run1 \\
+        --output-dir bloomz-run1-hf --tokenizer-dir bloom-560m --max-shard-size 2GB
+
+Merges tensor-parallel shards (checking that replicated tensors agree), removes the vocabulary
+padding, writes safetensors sharded by size, config.json and the tokenizer files."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from megatron.model.hf_conversion import ConversionError, convert_megatron_to_hf
+
+UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).upper() not in UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 2GB or 500MB")
+    return int(float(match.group(1)) * UNITS[match.group(2).upper()])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint-dir", required=True, help="our checkpoint (the folder with `latest`)")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--tokenizer-dir", default=None, help="copy the tokenizer files from here")
+    parser.add_argument("--max-shard-size", type=parse_size, default=parse_size("2GB"))
+    args = parser.parse_args(argv)
+    try:
+        out = convert_megatron_to_hf(args.checkpoint_dir, args.output_dir, args.tokenizer_dir, args.max_shard_size)
+    except (ConversionError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
