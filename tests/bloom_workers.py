@@ -7,6 +7,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from megatron.core import parallel_state
 from transformers import BloomConfig, BloomForCausalLM
 
@@ -125,5 +126,54 @@ def checkpoint_logits_worker(rank: int, world: int, port: int, checkpoint: str, 
         logits = model(tokens, torch.ones_like(tokens), gather_logits=True)[..., :VOCAB]
     if rank == 0:
         torch.save({"tokens": tokens, "logits": logits}, out)
+    parallel_state.destroy_model_parallel()
+    dist.destroy_process_group()
+
+
+def pipeline_load_worker(rank: int, world: int, port: int, checkpoint: str, hf_folder: str, out: str) -> None:
+    """TP=2 x PP=2: DeepSpeed's PipelineModule built from our layer specs loads one of our
+    checkpoints with its own `load_state_dir`; each rank reports how far its parameters are
+    from the HF tensors they come from."""
+    import deepspeed
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+
+    from megatron.model.checkpoint_layout import split_for_tp
+    from megatron.model.hf_conversion import MegatronCheckpoint
+    from megatron.model.hf_mapping import hf_to_layer
+    from megatron.model.pipeline import bloom_layer_specs
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    deepspeed.init_distributed(dist_backend="gloo")
+    initialize_parallel(tp_size=2, pp_size=2)
+    source = MegatronCheckpoint(checkpoint)
+    topology = PipeModelDataParallelTopology(num_pp=2, num_mp=2, num_dp=1)
+    module = deepspeed.PipelineModule(layers=bloom_layer_specs(source.config, model_parallel_config()),
+                                      topology=topology, partition_method="type:BlockPipe")
+    module.load_state_dir(str(source.tag_dir), TorchCheckpointEngine())
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    hf = HFCheckpoint(hf_folder)
+    expected = {}
+    for name in hf.names():
+        if name != "lm_head.weight":
+            layer, local = hf_to_layer(name, source.config.num_layers)
+            tensor = hf.get(name)
+            if local == "word_embeddings.weight":
+                tensor = torch.cat([tensor, tensor.new_zeros(source.config.vocab_size - len(tensor), tensor.shape[1])])
+            expected[(layer, local)] = split_for_tp(local, tensor, 2)[tp_rank]
+    report = {"stage": parallel_state.get_pipeline_model_parallel_rank(), "layers": [], "max_error": 0.0}
+    for index, layer in enumerate(module.forward_funcs):
+        if isinstance(layer, nn.Module):
+            global_index = int(module._local_start) + index
+            report["layers"].append(global_index)
+            for local, p in layer.state_dict().items():
+                if local.endswith("_extra_state"):  # megatron-core's placeholder, not a tensor of ours
+                    continue
+                report["max_error"] = max(report["max_error"], (p - expected[(global_index, local)]).abs().max().item())
+    # the tied embedding / LM head weight, on both stages (the last gets it from the first)
+    tied = module.tied_modules["embed"].word_embeddings.weight
+    report["tied_error"] = (tied - expected[(1, "word_embeddings.weight")]).abs().max().item()
+    torch.save(report, f"{out}.{rank}")
     parallel_state.destroy_model_parallel()
     dist.destroy_process_group()

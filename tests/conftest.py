@@ -9,9 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from megatron.data.demo_corpus import write_jsonl
 from megatron.data.tokenizer_training import train_bpe_tokenizer
+
+if not torch.cuda.is_available():  # DeepSpeed on CPU, also when pytest runs without `make`
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = Path(

@@ -162,3 +162,16 @@ def test_missing_layer_file_is_named(hf_dir, tmp_path):
     result = run_tool(TO_HF, "--checkpoint-dir", tmp_path / "ours", "--output-dir", tmp_path / "hf", check=False)
     assert result.returncode == 1 and "layer_03-model_01-model_states.pt: missing" in result.stderr
 
+
+
+@pytest.mark.slow
+def test_deepspeed_pipeline_module_loads_our_checkpoint_at_tp2_pp2(hf_dir, tmp_path):
+    from bloom_workers import pipeline_load_worker
+
+    run_tool(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours", "--target-tp", "2", "--target-pp", "2")
+    out = str(tmp_path / "report")
+    mp.spawn(pipeline_load_worker, args=(4, free_port(), str(tmp_path / "ours"), str(hf_dir), out), nprocs=4)
+    reports = [torch.load(f"{out}.{rank}") for rank in range(4)]
+    assert all(r["max_error"] == 0.0 and r["tied_error"] == 0.0 for r in reports)
+    stages = {r["stage"]: r["layers"] for r in reports}
+    assert stages[0] == [1, 3] and stages[1] == [4, 6]  # embedding + block 0 | block 1 + final norm
