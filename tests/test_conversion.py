@@ -156,6 +156,16 @@ def test_bad_inputs_stop_with_a_clear_message(hf_dir, tmp_path, damage, args, me
     assert not (tmp_path / "out").exists()
 
 
+def test_megatron_core_extra_state_entries_are_ignored(hf_dir, tmp_path):
+    run_tool(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours")
+    path = layer_file(tmp_path / "ours" / "global_step0", 3, 0)
+    shard = torch.load(path)
+    shard["self_attention.dense._extra_state"] = None  # as DeepSpeed saves our PipelineModule's layers
+    torch.save(shard, path)
+    run_tool(TO_HF, "--checkpoint-dir", tmp_path / "ours", "--output-dir", tmp_path / "hf")
+    assert "h.0.self_attention.dense.weight" in hf_tensors(tmp_path / "hf")
+
+
 def test_missing_layer_file_is_named(hf_dir, tmp_path):
     run_tool(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours", "--target-tp", "2")
     layer_file(tmp_path / "ours" / "global_step0", 3, 1).unlink()

@@ -37,6 +37,7 @@ from megatron.model.config import BloomModelConfig, padded_vocab_size
 from megatron.model.hf_mapping import TIED_HEAD, hf_to_layer, layer_to_hf
 
 TAG = "global_step0"
+EXTRA_STATE = "_extra_state"  # megatron-core layers' placeholder in saved state dicts: no tensor of BLOOM
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "tokenizer.model")
 
@@ -242,7 +243,7 @@ class MegatronCheckpoint:
                 raise ConversionError(f"{path}: missing")
             shards.append(torch.load(path, map_location="cpu", weights_only=True))
         return {name: merge_from_tp(name, [s[name] for s in shards], f"layer {layer} of {self.tag_dir}")
-                for name in shards[0]}
+                for name in shards[0] if not name.endswith(EXTRA_STATE)}
 
     def load_into(self, model: torch.nn.Module, tp_rank: int, tp_size: int) -> None:
         """Copy the weights into our whole-model module at any tensor-parallel size."""
