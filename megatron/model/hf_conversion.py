@@ -15,7 +15,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -141,14 +141,21 @@ def model_config_from_hf(checkpoint: HFCheckpoint, tp_size: int, divisible_by: i
     return config
 
 
-def load_hf_into_model(model: torch.nn.Module, checkpoint: HFCheckpoint, tp_rank: int, tp_size: int) -> None:
-    """Copy a HF checkpoint's weights into our whole-model module (`BloomModel`) on this rank."""
-    config = model.config
+def load_layers_into_model(model: torch.nn.Module, layer_tensors: Callable[[int], dict[str, torch.Tensor]],
+                           tp_rank: int, tp_size: int) -> None:
+    """Copy whole (unsplit) layers, `layer_tensors(layer)` for each pipeline layer, into our
+    whole-model module (`BloomModel`), keeping this tensor rank's part of each."""
+    num_layers = model.config.num_layers
     state = {}
-    for layer in parameter_layers(config.num_layers):
-        for local, tensor in hf_layer(checkpoint, config, layer).items():
-            state[layer_to_plain_name(layer, local, config.num_layers)] = split_for_tp(local, tensor, tp_size)[tp_rank]
+    for layer in parameter_layers(num_layers):
+        for local, tensor in layer_tensors(layer).items():
+            state[layer_to_plain_name(layer, local, num_layers)] = split_for_tp(local, tensor, tp_size)[tp_rank]
     model.load_state_dict(state, strict=True)
+
+
+def load_hf_into_model(model: torch.nn.Module, checkpoint: HFCheckpoint, tp_rank: int, tp_size: int) -> None:
+    """Copy a HF checkpoint's weights into our whole-model module on this rank."""
+    load_layers_into_model(model, lambda layer: hf_layer(checkpoint, model.config, layer), tp_rank, tp_size)
 
 
 def _atomic_folder(output: Path) -> Path:
@@ -247,12 +254,7 @@ class MegatronCheckpoint:
 
     def load_into(self, model: torch.nn.Module, tp_rank: int, tp_size: int) -> None:
         """Copy the weights into our whole-model module at any tensor-parallel size."""
-        state = {}
-        for layer in parameter_layers(self.config.num_layers):
-            for local, tensor in self.layer(layer).items():
-                name = layer_to_plain_name(layer, local, self.config.num_layers)
-                state[name] = split_for_tp(local, tensor, tp_size)[tp_rank]
-        model.load_state_dict(state, strict=True)
+        load_layers_into_model(model, self.layer, tp_rank, tp_size)
 
 
 def _hf_tensors(checkpoint: MegatronCheckpoint, hf_vocab: int) -> Iterator[tuple[str, torch.Tensor]]:
