@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from megatron.data.demo_corpus import xp3_like_pair_lengths
-from megatron.data.packing import PackingConfig, pack_epochs
+from megatron.data.packing import PackingConfig, pack_epochs, packing_efficiency
 
 
 def main() -> None:
@@ -39,8 +39,7 @@ def main() -> None:
             seconds = time.perf_counter() - start
             kept = index["input_lengths"]
             rows = len(index["offsets"]) - 1
-            tokens = kept[index["pairs"]].sum() + targets[index["pairs"]].sum()
-            efficiency[strategy] = tokens / (rows * config.capacity)
+            efficiency[strategy] = packing_efficiency(kept, targets, index["pairs"], rows, config.capacity)
             print(f"{seq_length:>10} {strategy:>9} {rows:>11,} {100 * efficiency[strategy]:>10.2f}% "
                   f"{int((kept == 0).sum()):>9,} {seconds:>8.2f}")
         print(f"{'':>10} best_fit wastes {(1 - efficiency['best_fit']) / (1 - efficiency['greedy']):.3f}x "

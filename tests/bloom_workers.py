@@ -3,12 +3,13 @@ at several tensor-parallel sizes, and what they compute."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from megatron.core import parallel_state
+from torch import nn
 from transformers import BloomConfig, BloomForCausalLM
 
 from megatron.model.bloom import BloomModel
@@ -17,6 +18,25 @@ from megatron.model.hf_conversion import HFCheckpoint, load_hf_into_model, model
 from megatron.model.parallel import initialize_parallel, model_parallel_config
 
 VOCAB = 250
+
+
+@contextlib.contextmanager
+def gloo_world(rank: int, world: int, port: int, through_deepspeed: bool = False):
+    """This process as `rank` of a gloo world on localhost (started through DeepSpeed's comm
+    layer when asked), torn down with megatron-core's groups on the way out."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    if through_deepspeed:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+    else:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        yield
+    finally:
+        parallel_state.destroy_model_parallel()
+        dist.destroy_process_group()
 
 
 def make_hf_model(folder: str, num_heads: int, seed: int = 0) -> BloomForCausalLM:
@@ -72,9 +92,13 @@ def packed_batch(seed: int = 1) -> tuple[dict[str, torch.Tensor], list[tuple[int
 
 
 def parity_worker(rank: int, world: int, port: int, folders: dict[int, str], out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    with gloo_world(rank, world, port):
+        results = parity_results(folders)
+        if rank == 0:
+            torch.save(results, out)
+
+
+def parity_results(folders: dict[int, str]) -> dict[str, float]:
     results = {}
     torch.manual_seed(123)
     tokens = torch.randint(0, VOCAB, (2, 16))
@@ -104,30 +128,24 @@ def parity_worker(rank: int, world: int, port: int, folders: dict[int, str], out
             (per_tp[1][1][n] - per_tp[2][1][n]).abs().max().item() for n in per_tp[1][1]
         )
         results[f"heads{heads}_grad_scale"] = max(g.abs().max().item() for g in per_tp[1][1].values())
-    if rank == 0:
-        torch.save(results, out)
-    parallel_state.destroy_model_parallel()
-    dist.destroy_process_group()
+    return results
 
 
 def checkpoint_logits_worker(rank: int, world: int, port: int, checkpoint: str, out: str) -> None:
     """Our model at TP=world loaded from one of our checkpoints: its gathered logits."""
     from megatron.model.hf_conversion import MegatronCheckpoint
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    initialize_parallel(tp_size=world)
-    source = MegatronCheckpoint(checkpoint)
-    model = BloomModel(source.config, model_parallel_config())
-    source.load_into(model, parallel_state.get_tensor_model_parallel_rank(), world)
-    torch.manual_seed(5)
-    tokens = torch.randint(0, VOCAB, (2, 12))
-    with torch.no_grad():
-        logits = model(tokens, torch.ones_like(tokens), gather_logits=True)[..., :VOCAB]
-    if rank == 0:
-        torch.save({"tokens": tokens, "logits": logits}, out)
-    parallel_state.destroy_model_parallel()
-    dist.destroy_process_group()
+    with gloo_world(rank, world, port):
+        initialize_parallel(tp_size=world)
+        source = MegatronCheckpoint(checkpoint)
+        model = BloomModel(source.config, model_parallel_config())
+        source.load_into(model, parallel_state.get_tensor_model_parallel_rank(), world)
+        torch.manual_seed(5)
+        tokens = torch.randint(0, VOCAB, (2, 12))
+        with torch.no_grad():
+            logits = model(tokens, torch.ones_like(tokens), gather_logits=True)[..., :VOCAB]
+        if rank == 0:
+            torch.save({"tokens": tokens, "logits": logits}, out)
 
 
 def pipeline_load_worker(rank: int, world: int, port: int, checkpoint: str, hf_folder: str, out: str) -> None:
@@ -138,42 +156,35 @@ def pipeline_load_worker(rank: int, world: int, port: int, checkpoint: str, hf_f
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
-    from megatron.model.checkpoint_layout import split_for_tp
-    from megatron.model.hf_conversion import MegatronCheckpoint
-    from megatron.model.hf_mapping import hf_to_layer
+    from megatron.model.checkpoint_layout import parameter_layers, split_for_tp
+    from megatron.model.hf_conversion import MegatronCheckpoint, hf_layer
     from megatron.model.pipeline import bloom_layer_specs
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    deepspeed.init_distributed(dist_backend="gloo")
-    initialize_parallel(tp_size=2, pp_size=2)
-    source = MegatronCheckpoint(checkpoint)
-    topology = PipeModelDataParallelTopology(num_pp=2, num_mp=2, num_dp=1)
-    module = deepspeed.PipelineModule(layers=bloom_layer_specs(source.config, model_parallel_config()),
-                                      topology=topology, partition_method="type:BlockPipe")
-    module.load_state_dir(str(source.tag_dir), TorchCheckpointEngine())
-    tp_rank = parallel_state.get_tensor_model_parallel_rank()
-    hf = HFCheckpoint(hf_folder)
-    expected = {}
-    for name in hf.names():
-        if name != "lm_head.weight":
-            layer, local = hf_to_layer(name, source.config.num_layers)
-            tensor = hf.get(name)
-            if local == "word_embeddings.weight":
-                tensor = torch.cat([tensor, tensor.new_zeros(source.config.vocab_size - len(tensor), tensor.shape[1])])
-            expected[(layer, local)] = split_for_tp(local, tensor, 2)[tp_rank]
-    report = {"stage": parallel_state.get_pipeline_model_parallel_rank(), "layers": [], "max_error": 0.0}
-    for index, layer in enumerate(module.forward_funcs):
-        if isinstance(layer, nn.Module):
-            global_index = int(module._local_start) + index
-            report["layers"].append(global_index)
-            for local, p in layer.state_dict().items():
-                if local.endswith("_extra_state"):  # megatron-core's placeholder, not a tensor of ours
-                    continue
-                report["max_error"] = max(report["max_error"], (p - expected[(global_index, local)]).abs().max().item())
-    # the tied embedding / LM head weight, on both stages (the last gets it from the first)
-    tied = module.tied_modules["embed"].word_embeddings.weight
-    report["tied_error"] = (tied - expected[(1, "word_embeddings.weight")]).abs().max().item()
-    torch.save(report, f"{out}.{rank}")
-    parallel_state.destroy_model_parallel()
-    dist.destroy_process_group()
+    with gloo_world(rank, world, port, through_deepspeed=True):
+        initialize_parallel(tp_size=2, pp_size=2)
+        source = MegatronCheckpoint(checkpoint)
+        topology = PipeModelDataParallelTopology(num_pp=2, num_mp=2, num_dp=1)
+        module = deepspeed.PipelineModule(layers=bloom_layer_specs(source.config, model_parallel_config()),
+                                          topology=topology, partition_method="type:BlockPipe")
+        module.load_state_dir(str(source.tag_dir), TorchCheckpointEngine())
+        tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        hf = HFCheckpoint(hf_folder)
+        expected = {
+            (layer, local): split_for_tp(local, tensor, 2)[tp_rank]
+            for layer in parameter_layers(source.config.num_layers)
+            for local, tensor in hf_layer(hf, source.config, layer).items()
+        }
+        report = {"stage": parallel_state.get_pipeline_model_parallel_rank(), "layers": [], "max_error": 0.0}
+        for index, layer in enumerate(module.forward_funcs):
+            if isinstance(layer, nn.Module):
+                global_index = int(module._local_start) + index
+                report["layers"].append(global_index)
+                for local, p in layer.state_dict().items():
+                    if local.endswith("_extra_state"):  # megatron-core's placeholder, not a tensor of ours
+                        continue
+                    error = (p - expected[(global_index, local)]).abs().max().item()
+                    report["max_error"] = max(report["max_error"], error)
+        # the tied embedding / LM head weight, on both stages (the last gets it from the first)
+        tied = module.tied_modules["embed"].word_embeddings.weight
+        report["tied_error"] = (tied - expected[(1, "word_embeddings.weight")]).abs().max().item()
+        torch.save(report, f"{out}.{rank}")

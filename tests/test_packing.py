@@ -162,4 +162,4 @@ def test_packing_efficiency_is_reported(tmp_path, caplog):
     with caplog.at_level("INFO"):
         index = build_packing_index(pairs, PackingConfig(512), 10)
     assert "packing efficiency" in caplog.text
-    assert 0.9 < packing_efficiency(pairs, index, 513) <= 1.0
+    assert 0.9 < packing_efficiency(index.input_lengths, pairs.target_sizes, index.pairs, index.num_rows, 513) <= 1.0

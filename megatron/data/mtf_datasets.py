@@ -7,9 +7,8 @@ import os
 
 from megatron.data.blending import BlendedDataset, blending_indices, samples_per_dataset
 from megatron.data.data_config import DataGroup
-from megatron.data.index_cache import file_signature
 from megatron.data.packing import PackedDataset, PackingConfig, build_packing_index
-from megatron.data.pairs import PairDataset, pair_prefixes
+from megatron.data.pairs import PairDataset
 
 
 def pair_range(prefix: str, begin: float, end: float) -> PairDataset:
@@ -33,14 +32,7 @@ def build_group(
     def cache_for(prefix: str) -> str:
         return cache_path or os.path.dirname(os.path.abspath(prefix))
 
-    description = {
-        "group": group.name,
-        "datasets": [
-            {"files": [file_signature(f"{x}.idx") for x in pair_prefixes(p.prefix)], "range": [p.begin, p.end]}
-            for p in pairs
-        ],
-        "packing": repr(packing),
-    }
+    description = {"group": group.name, "datasets": [p.signature() for p in pairs], "packing": repr(packing)}
     dataset_index, sample_index = blending_indices(
         [d.weight for d in ranges], num_samples, cache_for(ranges[0].prefix), description
     )

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from megatron.data import _cpp
-from megatron.data.index_cache import cached_arrays, file_signature
-from megatron.data.pairs import PairDataset, pair_prefixes
+from megatron.data.index_cache import cached_arrays
+from megatron.data.pairs import PairDataset
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +110,8 @@ def build_packing_index(
     pairs: PairDataset, config: PackingConfig, num_samples: int, cache_dir: str | None = None
 ) -> PackingIndex:
     """The packing of `pairs` into at least `num_samples` rows (cached when `cache_dir` is set)."""
-    description = {
-        "kind": "packing",
-        "files": [file_signature(f"{p}.idx") for p in pair_prefixes(pairs.prefix)],
-        "range": [pairs.begin, pairs.end],
-        "num_samples": int(num_samples),
-        **asdict(config),
-    }
+    description = {"kind": "packing", **pairs.signature(), "num_samples": int(num_samples), **asdict(config)}
+
     def build() -> dict[str, np.ndarray]:
         return pack_epochs(pairs.input_sizes, pairs.target_sizes, config, num_samples, pairs.prefix)
 
@@ -126,15 +121,18 @@ def build_packing_index(
         "%s [%d, %d): %d rows over %d epoch(s), %s packing efficiency %.2f%% non-pad tokens, "
         "%d pairs skipped as longer than a row", pairs.prefix, pairs.begin, pairs.end,
         index.num_rows, int(arrays["epochs"]), config.strategy,
-        100 * packing_efficiency(pairs, index, config.capacity), int((index.input_lengths == 0).sum()),
+        100 * packing_efficiency(index.input_lengths, pairs.target_sizes, index.pairs, index.num_rows, config.capacity),
+        int((index.input_lengths == 0).sum()),
     )
     return index
 
 
-def packing_efficiency(pairs: PairDataset, index: PackingIndex, capacity: int) -> float:
-    """Non-pad tokens over all tokens of the packed rows."""
-    tokens = index.input_lengths[index.pairs].sum() + pairs.target_sizes[index.pairs].sum()
-    return float(tokens) / max(1, index.num_rows * capacity)
+def packing_efficiency(input_lengths: np.ndarray, target_sizes: np.ndarray, packed_pairs: np.ndarray,
+                       num_rows: int, capacity: int) -> float:
+    """Non-pad tokens over all tokens of `num_rows` rows holding `packed_pairs` (ids into the
+    kept input lengths and the target sizes)."""
+    tokens = input_lengths[packed_pairs].sum() + target_sizes[packed_pairs].sum()
+    return float(tokens) / max(1, num_rows * capacity)
 
 
 class PackedDataset:

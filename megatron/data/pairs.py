@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from megatron.data.index_cache import file_signature
 from megatron.data.indexed_dataset import IndexedDataset, IndexedDatasetError
 
 
@@ -40,9 +41,10 @@ class PairDataset:
         self.input_sizes = self._inputs.sizes[begin:end]
         self.target_sizes = self._targets.sizes[begin:end]
 
-    @property
-    def num_files_pairs(self) -> int:
-        return len(self._inputs)
+    def signature(self) -> dict:
+        """What identifies this view's content, for index cache keys: its files and range."""
+        files = [file_signature(f"{prefix}.idx") for prefix in pair_prefixes(self.prefix)]
+        return {"files": files, "range": [self.begin, self.end]}
 
     def __len__(self) -> int:
         return self.end - self.begin

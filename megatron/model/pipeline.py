@@ -15,7 +15,7 @@ from megatron.core.model_parallel_config import ModelParallelConfig
 from torch import nn
 
 from megatron.model.config import BloomModelConfig
-from megatron.model.layers import BloomBlock, WordEmbeddings, final_layernorm, lm_logits
+from megatron.model.layers import BloomBlock, WordEmbeddings, lm_logits
 
 TIED_EMBEDDING = "embed"
 
@@ -55,14 +55,13 @@ def _pass_through(inputs):
 
 
 def bloom_layer_specs(config: BloomModelConfig, parallel: ModelParallelConfig) -> list:
-    norm = final_layernorm(config, parallel)
     return [
         _pass_through,
         TiedLayerSpec(TIED_EMBEDDING, EmbeddingPipe, config, parallel, tied_weight_attr="word_embeddings.weight"),
         _pass_through,
         *(LayerSpec(BlockPipe, config, parallel) for _ in range(config.num_layers)),
         _pass_through,
-        LayerSpec(FinalNormPipe, config.hidden_size, eps=norm.eps, dtype=parallel.params_dtype),
+        LayerSpec(FinalNormPipe, config.hidden_size, eps=config.layer_norm_eps, dtype=parallel.params_dtype),
         TiedLayerSpec(TIED_EMBEDDING, EmbeddingPipe, config, parallel, forward_fn=lm_head,
                       tied_weight_attr="word_embeddings.weight"),
     ]
