@@ -165,7 +165,7 @@ def pipeline_load_worker(rank: int, world: int, port: int, checkpoint: str, hf_f
         source = MegatronCheckpoint(checkpoint)
         topology = PipeModelDataParallelTopology(num_pp=2, num_mp=2, num_dp=1)
         module = deepspeed.PipelineModule(layers=bloom_layer_specs(source.config, model_parallel_config()),
-                                          topology=topology, partition_method="type:BlockPipe")
+                                          topology=topology, partition_method="type:transformer")
         module.load_state_dir(str(source.tag_dir), TorchCheckpointEngine())
         tp_rank = parallel_state.get_tensor_model_parallel_rank()
         hf = HFCheckpoint(hf_folder)

@@ -9,8 +9,11 @@ from megatron.core.model_parallel_config import ModelParallelConfig
 from torch import nn
 
 from megatron.data.batch import loss_weights
+from megatron.model.checkpoint_layout import EMBEDDING_LAYER, block_layer
 from megatron.model.config import BloomModelConfig
 from megatron.model.layers import BloomBlock, WordEmbeddings, final_layernorm, lm_logits
+from megatron.model.random import seeded
+from megatron.model.recompute import checkpoint
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -18,12 +21,32 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels)
 
 
+def packed_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor,
+                segment_ids: torch.Tensor, norm_target_loss: bool) -> torch.Tensor:
+    """The loss of a micro-batch of packed rows: target tokens only, in either normalisation."""
+    weights = loss_weights(loss_mask, segment_ids, norm_target_loss).to(logits.device)
+    return (token_losses(logits, labels) * weights).sum()
+
+
 class BloomModel(nn.Module):
-    def __init__(self, config: BloomModelConfig, parallel: ModelParallelConfig):
+    def __init__(self, config: BloomModelConfig, parallel: ModelParallelConfig,
+                 checkpoint_activations: bool = False, init_seed: int | None = None):
+        """With `init_seed`, each pipeline layer i is initialised from `init_seed + i`, as the
+        pipeline's layer specs do: the same random model for any layout."""
         super().__init__()
         self.config = config
-        self.word_embeddings = WordEmbeddings(config, parallel)
-        self.layers = nn.ModuleList(BloomBlock(config, parallel) for _ in range(config.num_layers))
+        self.checkpoint_activations = checkpoint_activations
+
+        def seed(layer: int) -> int | None:
+            return None if init_seed is None else init_seed + layer
+
+        with seeded(seed(EMBEDDING_LAYER)):
+            self.word_embeddings = WordEmbeddings(config, parallel)
+        blocks = []
+        for i in range(config.num_layers):
+            with seeded(seed(block_layer(i))):
+                blocks.append(BloomBlock(config, parallel))
+        self.layers = nn.ModuleList(blocks)
         self.final_layernorm = final_layernorm(config, parallel)
 
     def forward(
@@ -36,10 +59,12 @@ class BloomModel(nn.Module):
         """Logits `[batch, seq, vocab / tp]` (or the whole padded vocabulary with `gather_logits`)."""
         hidden = self.word_embeddings(tokens)
         for layer in self.layers:
-            hidden = layer(hidden, segment_ids, is_inputs)
+            if self.checkpoint_activations and self.training:
+                hidden = checkpoint(layer, hidden, segment_ids, is_inputs)
+            else:
+                hidden = layer(hidden, segment_ids, is_inputs)
         return lm_logits(self.final_layernorm(hidden), self.word_embeddings.weight, gather_logits)
 
     def loss(self, batch: dict[str, torch.Tensor], norm_target_loss: bool = False) -> torch.Tensor:
         logits = self(batch["tokens"], batch["segment_ids"], batch.get("is_inputs"))
-        weights = loss_weights(batch["loss_mask"], batch["segment_ids"], norm_target_loss)
-        return (token_losses(logits, batch["labels"]) * weights).sum()
+        return packed_loss(logits, batch["labels"], batch["loss_mask"], batch["segment_ids"], norm_target_loss)

@@ -92,6 +92,16 @@ def layer_to_plain_name(layer: int, local: str, num_layers: int) -> str:
     raise KeyError(f"layer {layer} holds no parameters of a {num_layers}-layer BLOOM")
 
 
+def plain_name_to_layer(name: str, num_layers: int) -> tuple[int, str]:
+    """`BloomModel`'s parameter name -> (pipeline layer, name inside the layer)."""
+    if name.startswith("layers."):
+        _, block, local = name.split(".", 2)
+        return block_layer(int(block)), local
+    if name.startswith("final_layernorm."):
+        return final_norm_layer(num_layers), name.removeprefix("final_layernorm.")
+    return EMBEDDING_LAYER, name
+
+
 def parameter_layers(num_layers: int) -> list[int]:
     """The pipeline layers that hold parameters, in order (the tied LM head excluded)."""
     return [EMBEDDING_LAYER, *map(block_layer, range(num_layers)), final_norm_layer(num_layers)]

@@ -153,6 +153,22 @@ def load_layers_into_model(model: torch.nn.Module, layer_tensors: Callable[[int]
     model.load_state_dict(state, strict=True)
 
 
+def load_layers_into_pipeline(module, layer_tensors: Callable[[int], dict[str, torch.Tensor]],
+                              tp_rank: int, tp_size: int) -> None:
+    """The same for this stage of a DeepSpeed `PipelineModule` built from our layer specs: its
+    own layers, and the tied embedding (on the last stage too, where it is the LM head)."""
+
+    def load(layer_module: torch.nn.Module, layer: int) -> None:
+        layer_module.load_state_dict(
+            {local: split_for_tp(local, t, tp_size)[tp_rank] for local, t in layer_tensors(layer).items()})
+
+    for offset, layer_module in enumerate(module.forward_funcs):
+        if isinstance(layer_module, torch.nn.Module) and layer_module not in module.tied_modules.values():
+            load(layer_module, module._local_start + offset)
+    for tied in module.tied_modules.values():
+        load(tied, EMBEDDING_LAYER)
+
+
 def load_hf_into_model(model: torch.nn.Module, checkpoint: HFCheckpoint, tp_rank: int, tp_size: int) -> None:
     """Copy a HF checkpoint's weights into our whole-model module on this rank."""
     load_layers_into_model(model, lambda layer: hf_layer(checkpoint, model.config, layer), tp_rank, tp_size)
@@ -210,11 +226,16 @@ def _is_bloom_name(name: str, num_layers: int) -> bool:
         return False
 
 
+def checkpoint_meta(config: BloomModelConfig, hf_config: dict, tp_size: int, pp_size: int) -> dict:
+    """What `bloom_config.json` holds: our model config, the HF config to export to, the layout."""
+    return {"model": dataclasses.asdict(config), "hf_config": hf_config,
+            "tensor_model_parallel_size": tp_size, "pipeline_model_parallel_size": pp_size}
+
+
 def write_checkpoint_metadata(folder: Path, tag: str, config: BloomModelConfig, hf_config: dict,
                               tp_size: int, pp_size: int) -> None:
     """The model-states file of each model-parallel rank, `bloom_config.json` and `latest`."""
-    meta = {"model": dataclasses.asdict(config), "hf_config": hf_config,
-            "tensor_model_parallel_size": tp_size, "pipeline_model_parallel_size": pp_size}
+    meta = checkpoint_meta(config, hf_config, tp_size, pp_size)
     for mp_rank in range(tp_size * pp_size):
         torch.save({"module": None, "iteration": 0, "global_steps": 0, "global_samples": 0,
                     "skipped_steps": 0, "mp_world_size": tp_size * pp_size, "dp_world_size": 1,

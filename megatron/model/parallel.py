@@ -39,3 +39,19 @@ def model_parallel_config(dtype: torch.dtype = torch.float32, device: str | None
         gradient_accumulation_fusion=False,
         sequence_parallel=False,
     )
+
+
+class DeepSpeedMPU:
+    """The `mpu` DeepSpeed takes for a whole-model engine (no `PipelineModule`): megatron-core's
+    groups under the names DeepSpeed asks for, so tensor-parallel ranks are not counted as
+    data parallel."""
+
+    get_data_parallel_group = staticmethod(parallel_state.get_data_parallel_group)
+    get_data_parallel_rank = staticmethod(parallel_state.get_data_parallel_rank)
+    get_data_parallel_world_size = staticmethod(parallel_state.get_data_parallel_world_size)
+    get_model_parallel_group = staticmethod(parallel_state.get_tensor_model_parallel_group)
+    get_model_parallel_rank = staticmethod(parallel_state.get_tensor_model_parallel_rank)
+    get_model_parallel_world_size = staticmethod(parallel_state.get_tensor_model_parallel_world_size)
+    get_tensor_model_parallel_group = staticmethod(parallel_state.get_tensor_model_parallel_group)
+    get_tensor_model_parallel_rank = staticmethod(parallel_state.get_tensor_model_parallel_rank)
+    get_tensor_model_parallel_world_size = staticmethod(parallel_state.get_tensor_model_parallel_world_size)

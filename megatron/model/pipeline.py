@@ -10,12 +10,17 @@ Between stages flows `(hidden, segment_ids, is_inputs)`; the first stage takes
 from __future__ import annotations
 
 import torch
-from deepspeed.pipe import LayerSpec, TiedLayerSpec
+from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
+from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 from megatron.core.model_parallel_config import ModelParallelConfig
 from torch import nn
 
+from megatron.model.checkpoint_layout import EMBEDDING_LAYER, FIRST_BLOCK_LAYER
 from megatron.model.config import BloomModelConfig
+from megatron.model.bloom import packed_loss
 from megatron.model.layers import BloomBlock, WordEmbeddings, lm_logits
+from megatron.model.random import seeded
+from megatron.model.recompute import checkpoint
 
 TIED_EMBEDDING = "embed"
 
@@ -36,7 +41,9 @@ def lm_head(embedding: EmbeddingPipe, hidden: torch.Tensor) -> torch.Tensor:
     return lm_logits(hidden, embedding.word_embeddings.weight, gather=False)
 
 
-class BlockPipe(BloomBlock):
+class TransformerBlockPipe(BloomBlock):
+    """Layers 3 .. L+2; named so that `--pp-partition-method type:transformer` finds them."""
+
     def forward(self, inputs):
         hidden, segment_ids, is_inputs = inputs
         return super().forward(hidden, segment_ids, is_inputs), segment_ids, is_inputs
@@ -54,14 +61,63 @@ def _pass_through(inputs):
     return inputs
 
 
-def bloom_layer_specs(config: BloomModelConfig, parallel: ModelParallelConfig) -> list:
+class SeededLayerSpec(LayerSpec):
+    """A layer built under its own seed: random init independent of the pipeline layout."""
+
+    def __init__(self, seed: int | None, typename, *args, **kwargs):
+        super().__init__(typename, *args, **kwargs)
+        self.init_seed = seed
+
+    def build(self, log=False):
+        with seeded(self.init_seed):
+            return super().build(log)
+
+
+class SeededTiedLayerSpec(TiedLayerSpec):
+    def __init__(self, seed: int | None, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.init_seed = seed
+
+    def build(self, log=False):
+        with seeded(self.init_seed):
+            return super().build(log)
+
+
+def bloom_layer_specs(config: BloomModelConfig, parallel: ModelParallelConfig, init_seed: int | None = None) -> list:
+    """With `init_seed`, layer i is initialised from `init_seed + i` (as `BloomModel` does)."""
+
+    def seed(layer: int) -> int | None:
+        return None if init_seed is None else init_seed + layer
+
+    blocks = range(FIRST_BLOCK_LAYER, FIRST_BLOCK_LAYER + config.num_layers)
     return [
         _pass_through,
-        TiedLayerSpec(TIED_EMBEDDING, EmbeddingPipe, config, parallel, tied_weight_attr="word_embeddings.weight"),
+        SeededTiedLayerSpec(seed(EMBEDDING_LAYER), TIED_EMBEDDING, EmbeddingPipe, config, parallel,
+                            tied_weight_attr="word_embeddings.weight"),
         _pass_through,
-        *(LayerSpec(BlockPipe, config, parallel) for _ in range(config.num_layers)),
+        *(SeededLayerSpec(seed(layer), TransformerBlockPipe, config, parallel) for layer in blocks),
         _pass_through,
-        LayerSpec(FinalNormPipe, config.hidden_size, eps=config.layer_norm_eps, dtype=parallel.params_dtype),
+        SeededLayerSpec(None, FinalNormPipe, config.hidden_size, eps=config.layer_norm_eps,
+                        dtype=parallel.params_dtype),
         TiedLayerSpec(TIED_EMBEDDING, EmbeddingPipe, config, parallel, forward_fn=lm_head,
                       tied_weight_attr="word_embeddings.weight"),
     ]
+
+def bloom_pipeline(config: BloomModelConfig, parallel: ModelParallelConfig, data_parallel_size: int,
+                   partition_method: str, checkpoint_activations: bool, norm_target_loss: bool,
+                   init_seed: int | None = None) -> PipelineModule:
+    """The whole BLOOM as a `PipelineModule` over megatron-core's groups. Micro-batches are
+    `((tokens, segment_ids, is_inputs), (labels, loss_mask, segment_ids))`."""
+
+    def loss_fn(logits, labels):
+        targets, loss_mask, segment_ids = labels
+        return packed_loss(logits, targets, loss_mask, segment_ids, norm_target_loss)
+
+    topology = PipeModelDataParallelTopology(num_pp=parallel.pipeline_model_parallel_size,
+                                             num_mp=parallel.tensor_model_parallel_size, num_dp=data_parallel_size)
+    return PipelineModule(
+        layers=bloom_layer_specs(config, parallel, init_seed), topology=topology, loss_fn=loss_fn,
+        partition_method=partition_method,
+        activation_checkpoint_interval=1 if checkpoint_activations else 0,
+        activation_checkpoint_func=checkpoint, checkpointable_layers=[TransformerBlockPipe.__name__],
+    )

@@ -68,3 +68,15 @@ def seed_everything(seed: int, tp_rank: int = 0, pp_rank: int = 0) -> None:
     np.random.seed(stage_seed)
     torch.manual_seed(stage_seed)
     tensor_parallel_rng.seed(seed, tp_rank)
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None):
+    """Run a block (building a layer) under `seed` on the CPU generator, restoring it after;
+    `None` leaves the generator alone."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Multitask finetuning of BLOOM on packed xP3 data (BLOOM -> BLOOMZ) with tensor (Megatron),
+pipeline (DeepSpeed PipelineModule) and data (ZeRO) parallelism. Launch with `torchrun` or the
+`deepspeed` launcher; gloo on CPU, NCCL on GPUs. Flags are Megatron's (see the README):
+
+    torchrun --nproc-per-node 2 finetune_xp3.py --tensor-model-parallel-size 2 \\
+        --load checkpoints/bloom-560m-tp2 --save checkpoints/bloomz-560m \\
+        --tokenizer-name-or-path bloom-560m --seq-length 2048 --micro-batch-size 1 \\
+        --global-batch-size 1024 --train-iters 1000 --lr 2e-5 --lr-decay-style constant \\
+        --train-weighted-split-paths-path train.txt --valid-weighted-split-paths-path valid.txt \\
+        --norm-target-loss --deepspeed --deepspeed_config ds_config.json
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron.data.mtf_datasets import build_group
+from megatron.data.tokenizer import HFTokenizer
+from megatron.model.hf_conversion import checkpoint_meta
+from megatron.model.parallel import initialize_parallel
+from megatron.model.random import seed_everything
+from megatron.train.arguments import TrainConfig, parse_config
+from megatron.train.checkpointing import load_weights, resume
+from megatron.train.engine import TrainingEngine, build_module, uses_pipeline
+from megatron.train.errors import ConfigError
+from megatron.train.loop import NonFiniteLoss, Trainer, log
+from megatron.train.metrics import model_flops_per_token
+from megatron.train.model_source import LoadPlan, Progress, model_config, plan_load
+
+
+def prepare(argv: list[str] | None) -> tuple[TrainConfig, LoadPlan, object, dict, HFTokenizer]:
+    """Everything that can fail on flags or files, before any process group or model exists."""
+    train = parse_config(argv)
+    try:
+        tokenizer = HFTokenizer(train.model.tokenizer)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"--tokenizer-name-or-path: {error}") from None
+    plan = plan_load(train)
+    config, hf_config = model_config(train, plan, tokenizer.vocab_size, tokenizer.eod, tokenizer.pad)
+    return train, plan, config, hf_config, tokenizer
+
+
+def start_distributed(train: TrainConfig) -> None:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend,
+                               timeout=timedelta(minutes=train.parallel.timeout_minutes))
+    if dist.get_world_size() != train.parallel.world_size:
+        raise ConfigError(f"the flags were checked for {train.parallel.world_size} processes but "
+                          f"{dist.get_world_size()} started")
+    initialize_parallel(train.parallel.tensor, train.parallel.pipeline)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        train, plan, config, hf_config, tokenizer = prepare(argv)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    start_distributed(train)
+    module = build_module(train, config)
+    if plan.kind == "weights":
+        load_weights(module, plan, uses_pipeline(train))
+    engine = TrainingEngine(train, module)
+    seed_everything(train.seed, parallel_state.get_tensor_model_parallel_rank(),
+                    parallel_state.get_pipeline_model_parallel_rank())
+    if plan.kind == "resume":
+        resume(engine, plan, load_rng=not train.checkpoint.no_load_rng)
+    log(f"model: {config}; from {plan.kind}" + (f" {plan.folder}/{plan.tag}" if plan.tag else "")
+        + f"; TP={train.parallel.tensor} PP={train.parallel.pipeline} DP={train.parallel.data} "
+          f"ZeRO-{train.parallel.zero_stage} gradient accumulation {train.batch.gradient_accumulation}")
+
+    packing = train.data.packing(train.seed)
+    train_data = build_group(train.data.train, packing, train.batch.train_samples, tokenizer.pad,
+                             train.data.cache_path)
+    eval_samples = train.logging.eval_iters * train.batch.global_batch
+    valid_data = {group.name: build_group(group, packing, eval_samples, tokenizer.pad, train.data.cache_path)
+                  for group in train.data.valid} if train.logging.eval_iters > 0 else {}
+
+    meta = checkpoint_meta(config, hf_config, train.parallel.tensor, train.parallel.pipeline)
+    trainer = Trainer(train, engine, train_data, valid_data, plan.progress or Progress(),
+                      model_flops_per_token(config, train.data.seq_length), meta)
+    try:
+        trainer.run()
+    except NonFiniteLoss as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        trainer.tensorboard.close()
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

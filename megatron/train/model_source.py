@@ -1,0 +1,98 @@
+"""Where a run's model comes from, decided before anything is built:
+
+- `scratch`: no `--load` (or nothing saved there yet): random init from the shape flags;
+- `weights`: a checkpoint without training state (converted from HF), or `--finetune` /
+  `--no-load-optim`: the weights only, read from its layer files at any TP/PP;
+- `resume`: one of our training checkpoints: weights, optimizer, RNG through DeepSpeed's loader,
+  and the progress (iteration, data position, LR schedule) unless `--reset-progress`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from megatron.model.checkpoint_layout import MODEL_CONFIG_FILE
+from megatron.model.config import BloomModelConfig, padded_vocab_size
+from megatron.train.arguments import TrainConfig
+from megatron.train.errors import ConfigError
+
+PROGRESS_FILE = "progress.json"
+
+
+@dataclass
+class Progress:
+    iteration: int = 0
+    consumed_samples: int = 0
+    consumed_tokens: int = 0
+    consumed_target_tokens: int = 0
+    skipped_iterations: int = 0
+    lr_schedule: dict = field(default_factory=lambda: {"num_samples": 0})
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    kind: str  # "scratch", "weights" or "resume"
+    folder: Path | None = None
+    tag: str | None = None
+    progress: Progress | None = None  # None: start at iteration 0
+
+
+def plan_load(train: TrainConfig) -> LoadPlan:
+    args = train.checkpoint
+    if not args.load:
+        return LoadPlan("scratch")
+    folder = Path(args.load)
+    latest = folder / "latest"
+    if not latest.is_file():
+        return LoadPlan("scratch", folder)
+    tag = latest.read_text().strip()
+    if not (folder / tag).is_dir():
+        raise ConfigError(f"--load {folder}: 'latest' names {tag!r}, which is not there")
+    progress_file = folder / tag / PROGRESS_FILE
+    progress = None
+    if progress_file.is_file() and not (args.finetune or args.reset_progress):
+        progress = Progress(**json.loads(progress_file.read_text()))
+    full = progress_file.is_file() and not (args.finetune or args.no_load_optim)
+    return LoadPlan("resume" if full else "weights", folder, tag, progress)
+
+
+def model_config(train: TrainConfig, plan: LoadPlan, vocab_size: int, eod: int, pad: int) -> tuple[BloomModelConfig, dict]:
+    """The model's config and the HF config it exports to: from the checkpoint's
+    `bloom_config.json` when loading (shape flags, if given, must agree), else from the flags
+    and the tokenizer's vocabulary padded by Megatron's rule."""
+    args = train.model
+    tp = train.parallel.tensor
+    options = {"hidden_dropout": args.hidden_dropout, "attention_dropout": args.attention_dropout,
+               "prefix_lm": args.prefix_lm}
+    if plan.kind == "scratch":
+        vocab = padded_vocab_size(vocab_size, tp, args.make_vocab_size_divisible_by, args.pad_vocab_size_to)
+        config = BloomModelConfig(vocab, args.hidden_size, args.num_layers, args.num_heads,
+                                  init_method_std=args.init_method_std, **options)
+        hf_config = config.to_hf(vocab_size, bos_token_id=eod, eos_token_id=eod, pad_token_id=pad).to_dict()
+    else:
+        meta_file = plan.folder / MODEL_CONFIG_FILE
+        if not meta_file.is_file():
+            raise ConfigError(f"--load {plan.folder}: no {MODEL_CONFIG_FILE} (convert HF BLOOM with "
+                              "tools/convert_checkpoint/hf_to_megatron.py)")
+        meta = json.loads(meta_file.read_text())
+        config = dataclasses.replace(BloomModelConfig(**meta["model"]), **options)
+        hf_config = meta["hf_config"]
+        for flag, given, saved in (("--num-layers", args.num_layers, config.num_layers),
+                                   ("--hidden-size", args.hidden_size, config.hidden_size),
+                                   ("--num-attention-heads", args.num_heads, config.num_heads)):
+            if given is not None and given != saved:
+                raise ConfigError(f"{flag} {given} disagrees with the checkpoint in --load {plan.folder} ({saved})")
+        if hf_config.get("vocab_size", vocab_size) > config.vocab_size or vocab_size > config.vocab_size:
+            raise ConfigError(f"--tokenizer-name-or-path has {vocab_size} tokens, more than the "
+                              f"checkpoint's embedding ({config.vocab_size} rows)")
+    if train.parallel.pipeline > config.num_layers:
+        raise ConfigError(f"--pipeline-model-parallel-size {train.parallel.pipeline} exceeds the "
+                          f"model's {config.num_layers} layers")
+    try:
+        config.check_tensor_parallel(tp)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return config, hf_config
