@@ -35,8 +35,10 @@ class MicroBatchSampler:
 def micro_batches(dataset, consumed_samples: int, micro_batch: int, dp_rank: int, dp_size: int,
                   num_workers: int) -> Iterator[dict[str, torch.Tensor]]:
     sampler = MicroBatchSampler(len(dataset), consumed_samples, micro_batch, dp_rank, dp_size)
+    # Its own generator: making an iterator draws a worker seed, which must not advance the
+    # global generator that dropout uses (a resumed run makes its iterator at another point).
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                        pin_memory=torch.cuda.is_available(), persistent_workers=False)
+                        pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0))
     return iter(loader)
 
 

@@ -1,5 +1,6 @@
 """The train loop: one global batch per iteration, the LR set before each step, the log line and
-TensorBoard scalars every `--log-interval`, validation per named group every `--eval-interval`,
+TensorBoard scalars every `--log-interval`, validation per named group before the first step of a
+fresh run and every `--eval-interval`,
 checkpoints every `--save-interval`, and the exit conditions (`--exit-interval`,
 `--exit-duration-in-mins`, `--kill-switch-path`, a non-finite loss)."""
 
@@ -82,6 +83,8 @@ class Trainer:
         last_saved = progress.iteration or None  # a resumed run does not rewrite what it resumed from
         log(f"training from iteration {progress.iteration} to {train.train_iters} "
             f"(consumed samples {progress.consumed_samples}); model FLOPs: {FLOPS_FORMULA}")
+        if self.valid_data and progress.iteration == 0:
+            self.evaluate()  # the starting point: the loaded model's (or random init's) loss
         while progress.iteration < train.train_iters:
             lr = self.schedule.apply(self.engine.optimizer)
             counted_before = counter.target_tokens if counter else 0

@@ -1,0 +1,55 @@
+"""Running `finetune_xp3.py` as users do (torchrun, gloo, several processes) on the preprocessed
+demo corpus, and reading back what a run reported to TensorBoard."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from megatron_test_utils import free_port
+
+from conftest import REPO, run_tool
+
+
+def preprocess_demo(demo_dir: Path, out: Path) -> dict[str, Path]:
+    """The demo fixture's train/valid jsonl as pairs datasets, as the demo preprocesses them."""
+    prefixes = {}
+    for split in ("train", "valid"):
+        prefixes[split] = out / f"demo_{split}"
+        run_tool("preprocess_data.py", "--input", demo_dir / f"{split}.jsonl", "--json-keys", "inputs", "targets",
+                 "--prepend-space", "targets", "--append-eod", "targets",
+                 "--tokenizer-name-or-path", demo_dir / "tokenizer", "--output-prefix", prefixes[split],
+                 "--log-interval", "0")
+    return prefixes
+
+
+def tiny_model_args(demo_dir: Path, data: dict[str, Path], seq_length: int = 64) -> list[str]:
+    return [
+        "--tokenizer-name-or-path", str(demo_dir / "tokenizer"), "--seq-length", str(seq_length),
+        "--train-weighted-split-paths", f"train: 1 0:1 {data['train']}",
+        "--valid-weighted-split-paths", f"valid: 1 0:1 {data['valid']}",
+        "--num-workers", "0", "--log-interval", "1",
+    ]
+
+
+def finetune(nprocs: int, args: list[str], check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
+               TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions")))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nprocs),
+               "--master-port", str(free_port()), str(REPO / "finetune_xp3.py"), *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"finetune_xp3.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-6000:]}")
+    return result
+
+
+def scalars(tensorboard_dir: Path, tag: str) -> dict[int, float]:
+    """step -> value of one TensorBoard scalar."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tensorboard_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {event.step: event.value for event in events.Scalars(tag)}
