@@ -39,6 +39,14 @@ demo: $(STAMP)
 		--json-keys inputs targets --prepend-space targets --append-eod targets \
 		--tokenizer-name-or-path $(DEMO_DIR)/tokenizer --output-prefix $(DEMO_DIR)/data/xp3_demo_valid \
 		--log-interval 0
+	$(PY) tools/make_tiny_bloom.py --tokenizer-dir $(DEMO_DIR)/tokenizer --output-dir $(DEMO_DIR)/bloom-tiny
+	$(PY) tools/convert_checkpoint/hf_to_megatron.py --hf-dir $(DEMO_DIR)/bloom-tiny \
+		--output-dir $(DEMO_DIR)/checkpoints/bloom-tiny-tp2 --target-tp 2
+	PYTHON=$(PY) DEMO_DIR=$(DEMO_DIR) bash examples/finetune_demo_cpu.sh
+	$(PY) tools/convert_checkpoint/megatron_to_hf.py --checkpoint-dir $(DEMO_DIR)/checkpoints/bloomz-tiny \
+		--output-dir $(DEMO_DIR)/bloomz-tiny --tokenizer-dir $(DEMO_DIR)/tokenizer
+	$(PY) tools/generate.py --input $(DEMO_DIR)/xp3_demo_valid.jsonl --num-prompts 8 \
+		--model before=$(DEMO_DIR)/bloom-tiny --model after=$(DEMO_DIR)/bloomz-tiny
 
 bench: $(STAMP)
 	$(PY) bench/preprocess.py
