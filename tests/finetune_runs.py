@@ -3,6 +3,7 @@ demo corpus, and reading back what a run reported to TensorBoard."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -34,11 +35,31 @@ def tiny_model_args(demo_dir: Path, data: dict[str, Path], seq_length: int = 64)
     ]
 
 
-def finetune(nprocs: int, args: list[str], check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+def _command(nprocs: int, args: list) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
                TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions")))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nprocs),
                "--master-port", str(free_port()), str(REPO / "finetune_xp3.py"), *map(str, args)]
+    return command, env
+
+
+@contextlib.contextmanager
+def finetune_process(nprocs: int, args: list):
+    """A running finetune (torchrun and its workers), stdout and stderr merged; killed if still
+    running when the block ends."""
+    command, env = _command(nprocs, args)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               cwd=REPO, env=env)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def finetune(nprocs: int, args: list, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    command, env = _command(nprocs, args)
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"finetune_xp3.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n"

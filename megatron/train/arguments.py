@@ -95,6 +95,7 @@ class CheckpointArgs:
     no_load_rng: bool
     reset_progress: bool
     finetune: bool
+    fallback: bool
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class LoggingArgs:
     exit_interval: int | None
     exit_duration_minutes: float | None
     kill_switch_path: str | None
+    exit_signal_handler: bool
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="start at iteration 0 of the data and LR schedule after loading")
     checkpoint.add_argument("--finetune", action="store_true",
                             help="load the weights only: no optimizer, RNG or progress")
+    checkpoint.add_argument("--checkpoint-fallback", action="store_true",
+                            help="if the checkpoint 'latest' names is damaged, start from the newest "
+                                 "complete one before it (default: stop with an error)")
 
     logging = parser.add_argument_group("logging and exit")
     logging.add_argument("--log-interval", type=int, default=100)
@@ -216,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     logging.add_argument("--exit-interval", type=int, default=None, help="stop after this iteration")
     logging.add_argument("--exit-duration-in-mins", type=float, default=None)
     logging.add_argument("--kill-switch-path", default=None, help="stop (after saving) once this file exists")
+    logging.add_argument("--exit-signal-handler", action="store_true",
+                         help="on SIGTERM or SIGUSR1 (SLURM's notice before a time limit or preemption) "
+                              "finish the step, save, exit 0")
 
     deepspeed = parser.add_argument_group("DeepSpeed")
     deepspeed.add_argument("--deepspeed_config", "--deepspeed-config", default=None,
@@ -299,9 +307,11 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
         optimizer=OptimizerArgs(args.lr, args.min_lr, args.adam_beta1, args.adam_beta2, args.adam_eps,
                                 args.weight_decay, args.clip_grad, args.lr_decay_style, warmup, decay),
         checkpoint=CheckpointArgs(args.save, args.save_interval, args.load, args.no_load_optim,
-                                  args.no_load_rng, args.reset_progress, args.finetune),
+                                  args.no_load_rng, args.reset_progress, args.finetune,
+                                  args.checkpoint_fallback),
         logging=LoggingArgs(args.log_interval, args.eval_interval, args.eval_iters, args.tensorboard_dir,
-                            args.exit_interval, args.exit_duration_in_mins, args.kill_switch_path),
+                            args.exit_interval, args.exit_duration_in_mins, args.kill_switch_path,
+                            args.exit_signal_handler),
         data=data,
         precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         seed=args.seed,

@@ -2,7 +2,8 @@
 
 A save writes `SAVE/global_stepN/` (DeepSpeed's model, optimizer and per-rank RNG states; the
 layer files `megatron_to_hf.py` reads; `progress.json` with the iteration, data position and LR
-schedule), then `bloom_config.json`, and only when every rank is done, the `latest` pointer (and
+schedule) and last `manifest.json` (every file's size), then `bloom_config.json`, and only when
+every rank is done, the `latest` pointer (and
 Megatron's `latest_checkpointed_iteration.txt`), each by an atomic rename. A save interrupted
 part-way is therefore never the one `latest` names.
 """
@@ -25,7 +26,8 @@ from megatron.model.checkpoint_layout import MODEL_CONFIG_FILE, layer_file, plai
 from megatron.model.hf_conversion import EXTRA_STATE, MegatronCheckpoint, load_layers_into_model, load_layers_into_pipeline
 from megatron.model.random import tensor_parallel_rng
 from megatron.train.engine import TrainingEngine
-from megatron.train.model_source import PROGRESS_FILE, LoadPlan, Progress
+from megatron.train.checkpoint_integrity import PROGRESS_FILE, write_manifest
+from megatron.train.model_source import LoadPlan, Progress
 
 MEGATRON_LATEST = "latest_checkpointed_iteration.txt"
 
@@ -80,6 +82,7 @@ def save_checkpoint(engine: TrainingEngine, save_dir: str, progress: Progress, m
     dist.barrier()
     if dist.get_rank() == 0:
         write_atomically(folder / tag / PROGRESS_FILE, json.dumps(dataclasses.asdict(progress), indent=1))
+        write_manifest(folder / tag)
         write_atomically(folder / MODEL_CONFIG_FILE, json.dumps(meta, indent=1))
         write_atomically(folder / "latest", tag)
         write_atomically(folder / MEGATRON_LATEST, str(progress.iteration))

@@ -2,13 +2,15 @@
 TensorBoard scalars every `--log-interval`, validation per named group before the first step of a
 fresh run and every `--eval-interval`,
 checkpoints every `--save-interval`, and the exit conditions (`--exit-interval`,
-`--exit-duration-in-mins`, `--kill-switch-path`, a non-finite loss)."""
+`--exit-duration-in-mins`, `--kill-switch-path`, SIGTERM/SIGUSR1 with `--exit-signal-handler`, a
+non-finite loss). Stop conditions are agreed by all ranks in one all-reduce per iteration."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
+import signal
 import time
 
 import torch
@@ -66,6 +68,13 @@ class Trainer:
         self.meta = meta
         self.tensorboard = TensorBoard(train.logging.tensorboard_dir, dist.get_rank() == dist.get_world_size() - 1)
         self.start_time = time.time()
+        self.signal_received: int | None = None
+        if train.logging.exit_signal_handler:
+            for number in (signal.SIGTERM, signal.SIGUSR1):
+                signal.signal(number, self._on_signal)
+
+    def _on_signal(self, number, frame) -> None:
+        self.signal_received = number
 
     def _batches(self, dataset, consumed: int):
         if not self.engine.loads_data:
@@ -97,8 +106,9 @@ class Trainer:
             else:
                 progress.skipped_iterations += 1
             counted = (counter.target_tokens - counted_before) if counter and self.engine.counts_tokens else 0
-            target_tokens, stop_for_time, stop_for_switch = _all_ranks_sum(
-                [counted, float(self._out_of_time()), float(self._kill_switch())])
+            target_tokens, stop_for_time, stop_for_switch, stop_for_signal = _all_ranks_sum(
+                [counted, float(self._out_of_time()), float(self._kill_switch()),
+                 float(self.signal_received is not None)])
             progress.consumed_target_tokens += int(target_tokens)
             window.iterations += 1
             window.target_tokens += target_tokens
@@ -112,14 +122,15 @@ class Trainer:
                 window = Window(time.time())
             if self.valid_data and progress.iteration % train.logging.eval_interval == 0:
                 self.evaluate()
-            exit_now = bool(stop_for_time or stop_for_switch) or (
+            exit_now = bool(stop_for_time or stop_for_switch or stop_for_signal) or (
                 train.logging.exit_interval and progress.iteration % train.logging.exit_interval == 0)
             interval = train.checkpoint.save_interval
             if train.checkpoint.save and ((interval and progress.iteration % interval == 0) or exit_now):
                 self.save()
                 last_saved = progress.iteration
             if exit_now:
-                reason = "time limit" if stop_for_time else "kill switch" if stop_for_switch else "exit interval"
+                reason = ("a signal" if stop_for_signal else "time limit" if stop_for_time
+                          else "kill switch" if stop_for_switch else "exit interval")
                 log(f"exiting at iteration {progress.iteration}: {reason}")
                 return
         if self.valid_data and progress.iteration % train.logging.eval_interval:

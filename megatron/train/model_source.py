@@ -1,5 +1,6 @@
 """Where a run's model comes from, decided before anything is built:
 
+- `resume` from `--save` when a checkpoint is there (a relaunch: the same command every time);
 - `scratch`: no `--load` (or nothing saved there yet): random init from the shape flags;
 - `weights`: a checkpoint without training state (converted from HF), or `--finetune` /
   `--no-load-optim`: the weights only, read from its layer files at any TP/PP;
@@ -17,9 +18,9 @@ from pathlib import Path
 from megatron.model.checkpoint_layout import MODEL_CONFIG_FILE
 from megatron.model.config import BloomModelConfig, padded_vocab_size
 from megatron.train.arguments import TrainConfig
+from megatron.train.checkpoint_integrity import PROGRESS_FILE, newest_complete_tag, problem
 from megatron.train.errors import ConfigError
 
-PROGRESS_FILE = "progress.json"
 
 
 @dataclass
@@ -41,22 +42,41 @@ class LoadPlan:
 
 
 def plan_load(train: TrainConfig) -> LoadPlan:
+    """A checkpoint in `--save` means this is a relaunch: resume from it, whatever `--load`,
+    `--no-load-optim`, `--reset-progress` and `--finetune` say (they describe the first launch).
+    Otherwise start from `--load` as those flags say, or from scratch."""
     args = train.checkpoint
-    if not args.load:
-        return LoadPlan("scratch")
-    folder = Path(args.load)
-    latest = folder / "latest"
-    if not latest.is_file():
-        return LoadPlan("scratch", folder)
-    tag = latest.read_text().strip()
-    if not (folder / tag).is_dir():
-        raise ConfigError(f"--load {folder}: 'latest' names {tag!r}, which is not there")
+    relaunch = bool(args.save) and (Path(args.save) / "latest").is_file()
+    if not relaunch and not (args.load and (Path(args.load) / "latest").is_file()):
+        return LoadPlan("scratch", Path(args.load) if args.load else None)
+    folder = Path(args.save if relaunch else args.load)
+    flag = "--save" if relaunch else "--load"
+    tag = _complete_tag(folder, flag, train.checkpoint.fallback)
     progress_file = folder / tag / PROGRESS_FILE
+    first_launch_only = not relaunch and (args.finetune or args.no_load_optim)
+    if not progress_file.is_file() or first_launch_only:
+        kind = "weights"
+    else:
+        kind = "resume"
     progress = None
-    if progress_file.is_file() and not (args.finetune or args.reset_progress):
+    if progress_file.is_file() and (relaunch or not (args.finetune or args.reset_progress)):
         progress = Progress(**json.loads(progress_file.read_text()))
-    full = progress_file.is_file() and not (args.finetune or args.no_load_optim)
-    return LoadPlan("resume" if full else "weights", folder, tag, progress)
+    return LoadPlan(kind, folder, tag, progress)
+
+
+def _complete_tag(folder: Path, flag: str, fallback: bool) -> str:
+    tag = (folder / "latest").read_text().strip()
+    issue = problem(folder / tag)
+    if issue is None:
+        return tag
+    if not fallback:
+        raise ConfigError(f"{flag} {folder}: the checkpoint 'latest' names is unusable: {issue}. "
+                          "Pass --checkpoint-fallback to start from the newest complete one before it")
+    previous = newest_complete_tag(folder, tag)
+    if previous is None:
+        raise ConfigError(f"{flag} {folder}: {issue}, and no complete checkpoint precedes {tag}")
+    print(f"warning: {flag} {folder}: {issue}; falling back to {previous}", flush=True)
+    return previous
 
 
 def model_config(train: TrainConfig, plan: LoadPlan, vocab_size: int, eod: int, pad: int) -> tuple[BloomModelConfig, dict]:
