@@ -61,26 +61,26 @@ def _pass_through(inputs):
     return inputs
 
 
-class SeededLayerSpec(LayerSpec):
-    """A layer built under its own seed: random init independent of the pipeline layout."""
+class _SeededBuild:
+    """Builds the layer under its own seed: random init independent of the pipeline layout."""
 
+    init_seed: int | None = None
+
+    def build(self, log=False):
+        with seeded(self.init_seed):
+            return super().build(log)
+
+
+class SeededLayerSpec(_SeededBuild, LayerSpec):
     def __init__(self, seed: int | None, typename, *args, **kwargs):
         super().__init__(typename, *args, **kwargs)
         self.init_seed = seed
 
-    def build(self, log=False):
-        with seeded(self.init_seed):
-            return super().build(log)
 
-
-class SeededTiedLayerSpec(TiedLayerSpec):
+class SeededTiedLayerSpec(_SeededBuild, TiedLayerSpec):
     def __init__(self, seed: int | None, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.init_seed = seed
-
-    def build(self, log=False):
-        with seeded(self.init_seed):
-            return super().build(log)
 
 
 def bloom_layer_specs(config: BloomModelConfig, parallel: ModelParallelConfig, init_seed: int | None = None) -> list:

@@ -3,9 +3,8 @@
 A save writes `SAVE/global_stepN/` (DeepSpeed's model, optimizer and per-rank RNG states; the
 layer files `megatron_to_hf.py` reads; `progress.json` with the iteration, data position and LR
 schedule) and last `manifest.json` (every file's size), then `bloom_config.json`, and only when
-every rank is done, the `latest` pointer (and
-Megatron's `latest_checkpointed_iteration.txt`), each by an atomic rename. A save interrupted
-part-way is therefore never the one `latest` names.
+every rank is done, the `latest` pointer (and Megatron's `latest_checkpointed_iteration.txt`),
+each by an atomic rename. A save interrupted part-way is therefore never the one `latest` names.
 """
 
 from __future__ import annotations
