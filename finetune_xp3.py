@@ -25,7 +25,7 @@ from megatron.core import parallel_state
 from megatron.data.mtf_datasets import build_group
 from megatron.data.tokenizer import HFTokenizer
 from megatron.model.hf_conversion import checkpoint_meta
-from megatron.model.parallel import initialize_parallel
+from megatron.model.parallel import default_backend, initialize_parallel
 from megatron.model.random import seed_everything
 from megatron.train.arguments import TrainConfig, parse_config
 from megatron.train.checkpointing import load_weights, resume
@@ -51,8 +51,7 @@ def prepare(argv: list[str] | None) -> tuple[TrainConfig, LoadPlan, object, dict
 def start_distributed(train: TrainConfig) -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend,
+    deepspeed.init_distributed(dist_backend=train.parallel.backend or default_backend(),
                                timeout=timedelta(minutes=train.parallel.timeout_minutes))
     if dist.get_world_size() != train.parallel.world_size:
         raise ConfigError(f"the flags were checked for {train.parallel.world_size} processes but "

@@ -12,7 +12,7 @@ from megatron.data.batch import loss_weights
 from megatron.model.checkpoint_layout import EMBEDDING_LAYER, block_layer
 from megatron.model.config import BloomModelConfig
 from megatron.model.layers import BloomBlock, WordEmbeddings, final_layernorm, lm_logits
-from megatron.model.random import seeded
+from megatron.model.random import layer_seed, seeded
 from megatron.model.recompute import checkpoint
 
 
@@ -36,15 +36,11 @@ class BloomModel(nn.Module):
         super().__init__()
         self.config = config
         self.checkpoint_activations = checkpoint_activations
-
-        def seed(layer: int) -> int | None:
-            return None if init_seed is None else init_seed + layer
-
-        with seeded(seed(EMBEDDING_LAYER)):
+        with seeded(layer_seed(init_seed, EMBEDDING_LAYER)):
             self.word_embeddings = WordEmbeddings(config, parallel)
         blocks = []
         for i in range(config.num_layers):
-            with seeded(seed(block_layer(i))):
+            with seeded(layer_seed(init_seed, block_layer(i))):
                 blocks.append(BloomBlock(config, parallel))
         self.layers = nn.ModuleList(blocks)
         self.final_layernorm = final_layernorm(config, parallel)

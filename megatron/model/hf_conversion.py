@@ -245,14 +245,14 @@ def write_checkpoint_metadata(folder: Path, tag: str, config: BloomModelConfig, 
 
 
 class MegatronCheckpoint:
-    """Reads the layer files of one of our checkpoints (the tag `latest` names)."""
+    """Reads the layer files of one of our checkpoints: the tag `latest` names, or `tag`."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, tag: str | None = None):
         self.folder = Path(folder)
         for name in ("latest", MODEL_CONFIG_FILE):
             if not (self.folder / name).is_file():
                 raise ConversionError(f"{self.folder}: no {name} (not a checkpoint of this project)")
-        self.tag_dir = self.folder / (self.folder / "latest").read_text().strip()
+        self.tag_dir = self.folder / (tag or (self.folder / "latest").read_text().strip())
         meta = json.loads((self.folder / MODEL_CONFIG_FILE).read_text())
         self.config = BloomModelConfig(**meta["model"])
         self.hf_config = meta["hf_config"]

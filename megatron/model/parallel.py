@@ -9,11 +9,21 @@ from megatron.core import parallel_state
 from megatron.core.model_parallel_config import ModelParallelConfig
 
 
+def default_backend() -> str:
+    """NCCL with CUDA, gloo on CPU."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def collective_device(group=None) -> str:
+    """Where a tensor must live for a collective on `group`: NCCL takes CUDA tensors only."""
+    return "cuda" if dist.get_backend(group) == "nccl" else "cpu"
+
+
 def initialize_parallel(tp_size: int = 1, pp_size: int = 1) -> None:
     """Create megatron-core's groups; torch.distributed is started first if it is not yet
-    (gloo on CPU, NCCL with CUDA) from the usual torchrun environment variables."""
+    (`default_backend()`) from the usual torchrun environment variables."""
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(default_backend())
     world = dist.get_world_size()
     if world % (tp_size * pp_size):
         raise ValueError(f"world size {world} is not divisible by tensor ({tp_size}) x pipeline ({pp_size}) "

@@ -19,7 +19,7 @@ from megatron.model.checkpoint_layout import EMBEDDING_LAYER, FIRST_BLOCK_LAYER
 from megatron.model.config import BloomModelConfig
 from megatron.model.bloom import packed_loss
 from megatron.model.layers import BloomBlock, WordEmbeddings, lm_logits
-from megatron.model.random import seeded
+from megatron.model.random import layer_seed, seeded
 from megatron.model.recompute import checkpoint
 
 TIED_EMBEDDING = "embed"
@@ -84,24 +84,20 @@ class SeededTiedLayerSpec(_SeededBuild, TiedLayerSpec):
 
 
 def bloom_layer_specs(config: BloomModelConfig, parallel: ModelParallelConfig, init_seed: int | None = None) -> list:
-    """With `init_seed`, layer i is initialised from `init_seed + i` (as `BloomModel` does)."""
-
-    def seed(layer: int) -> int | None:
-        return None if init_seed is None else init_seed + layer
-
+    """With `init_seed`, layer i is initialised from `layer_seed(init_seed, i)` (as `BloomModel` is)."""
     blocks = range(FIRST_BLOCK_LAYER, FIRST_BLOCK_LAYER + config.num_layers)
     return [
         _pass_through,
-        SeededTiedLayerSpec(seed(EMBEDDING_LAYER), TIED_EMBEDDING, EmbeddingPipe, config, parallel,
+        SeededTiedLayerSpec(layer_seed(init_seed, EMBEDDING_LAYER), TIED_EMBEDDING, EmbeddingPipe, config, parallel,
                             tied_weight_attr="word_embeddings.weight"),
         _pass_through,
-        *(SeededLayerSpec(seed(layer), TransformerBlockPipe, config, parallel) for layer in blocks),
+        *(SeededLayerSpec(layer_seed(init_seed, layer), TransformerBlockPipe, config, parallel) for layer in blocks),
         _pass_through,
-        SeededLayerSpec(None, FinalNormPipe, config.hidden_size, eps=config.layer_norm_eps,
-                        dtype=parallel.params_dtype),
+        LayerSpec(FinalNormPipe, config.hidden_size, eps=config.layer_norm_eps, dtype=parallel.params_dtype),
         TiedLayerSpec(TIED_EMBEDDING, EmbeddingPipe, config, parallel, forward_fn=lm_head,
                       tied_weight_attr="word_embeddings.weight"),
     ]
+
 
 def bloom_pipeline(config: BloomModelConfig, parallel: ModelParallelConfig, data_parallel_size: int,
                    partition_method: str, checkpoint_activations: bool, norm_target_loss: bool,

@@ -70,6 +70,11 @@ def seed_everything(seed: int, tp_rank: int = 0, pp_rank: int = 0) -> None:
     tensor_parallel_rng.seed(seed, tp_rank)
 
 
+def layer_seed(init_seed: int | None, layer: int) -> int | None:
+    """The init seed of pipeline layer `layer`: the same for any pipeline layout."""
+    return None if init_seed is None else init_seed + layer
+
+
 @contextlib.contextmanager
 def seeded(seed: int | None):
     """Run a block (building a layer) under `seed` on the CPU generator, restoring it after;

@@ -57,6 +57,7 @@ class ParallelArgs:
     zero_stage: int
     partition_method: str
     timeout_minutes: float
+    backend: str | None  # None: NCCL with GPUs, gloo without
 
     @property
     def world_size(self) -> int:
@@ -302,7 +303,8 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
                         args.hidden_dropout, args.attention_dropout, args.make_vocab_size_divisible_by,
                         args.pad_vocab_size_to, args.checkpoint_activations, args.prefix_lm,
                         args.tokenizer_name_or_path),
-        parallel=ParallelArgs(tp, pp, dp, zero_stage, args.pp_partition_method, args.distributed_timeout_minutes),
+        parallel=ParallelArgs(tp, pp, dp, zero_stage, args.pp_partition_method, args.distributed_timeout_minutes,
+                              args.distributed_backend),
         batch=BatchArgs(micro, global_batch, global_batch // (micro * dp), train_samples, args.num_workers),
         optimizer=OptimizerArgs(args.lr, args.min_lr, args.adam_beta1, args.adam_beta2, args.adam_eps,
                                 args.weight_decay, args.clip_grad, args.lr_decay_style, warmup, decay),

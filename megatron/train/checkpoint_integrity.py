@@ -15,11 +15,16 @@ MANIFEST = "manifest.json"
 PROGRESS_FILE = "progress.json"
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """`path` holds `text` whole or is untouched: written under a temporary name, then renamed."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_manifest(tag_dir: Path) -> None:
     sizes = {p.name: p.stat().st_size for p in sorted(tag_dir.iterdir()) if p.is_file() and p.name != MANIFEST}
-    tmp = tag_dir / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(sizes, indent=1))
-    os.replace(tmp, tag_dir / MANIFEST)
+    write_atomically(tag_dir / MANIFEST, json.dumps(sizes, indent=1))
 
 
 def problem(tag_dir: Path) -> str | None:

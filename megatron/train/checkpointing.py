@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 from pathlib import Path
 
@@ -24,17 +23,11 @@ from megatron.core import parallel_state
 from megatron.model.checkpoint_layout import MODEL_CONFIG_FILE, layer_file, plain_name_to_layer
 from megatron.model.hf_conversion import EXTRA_STATE, MegatronCheckpoint, load_layers_into_model, load_layers_into_pipeline
 from megatron.model.random import tensor_parallel_rng
+from megatron.train.checkpoint_integrity import PROGRESS_FILE, write_atomically, write_manifest
 from megatron.train.engine import TrainingEngine
-from megatron.train.checkpoint_integrity import PROGRESS_FILE, write_manifest
 from megatron.train.model_source import LoadPlan, Progress
 
 MEGATRON_LATEST = "latest_checkpointed_iteration.txt"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def rng_states() -> dict:
@@ -91,7 +84,7 @@ def save_checkpoint(engine: TrainingEngine, save_dir: str, progress: Progress, m
 
 def load_weights(engine_module, plan: LoadPlan, is_pipeline: bool) -> None:
     """Weights only, from the layer files of the checkpoint `plan` names, at any TP/PP."""
-    source = MegatronCheckpoint(plan.folder)
+    source = MegatronCheckpoint(plan.folder, plan.tag)
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
     if is_pipeline:

@@ -62,3 +62,8 @@ class TargetTokenCounter:
         batch = next(self.batches)
         self.target_tokens += int(batch["loss_mask"].sum())
         return batch
+
+    def take(self) -> int:
+        """The target tokens counted since the last call."""
+        counted, self.target_tokens = self.target_tokens, 0
+        return counted

@@ -15,7 +15,7 @@ from torch import nn
 
 from megatron.model.bloom import BloomModel
 from megatron.model.config import BloomModelConfig
-from megatron.model.parallel import DeepSpeedMPU, model_parallel_config
+from megatron.model.parallel import DeepSpeedMPU, collective_device, model_parallel_config
 from megatron.model.pipeline import bloom_pipeline
 from megatron.train.arguments import OptimizerArgs, TrainConfig
 from megatron.train.data_iterators import pipeline_micro_batch
@@ -117,7 +117,6 @@ class TrainingEngine:
     @staticmethod
     def _data_parallel_mean(value: torch.Tensor) -> torch.Tensor:
         group = parallel_state.get_data_parallel_group()
-        device = "cuda" if dist.get_backend(group) == "nccl" else "cpu"
-        value = value.to(device)
+        value = value.to(collective_device(group))
         dist.all_reduce(value, group=group)
         return value.cpu() / dist.get_world_size(group)

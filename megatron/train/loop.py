@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from megatron.model.parallel import collective_device
 from megatron.train.arguments import TrainConfig
 from megatron.train.checkpointing import save_checkpoint
 from megatron.train.data_iterators import TargetTokenCounter, micro_batches
@@ -37,8 +38,7 @@ def log(message: str) -> None:
 
 
 def _all_ranks_sum(values: list[float]) -> list[float]:
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    tensor = torch.tensor(values, dtype=torch.float64, device=collective_device())
     dist.all_reduce(tensor)
     return tensor.tolist()
 
@@ -96,7 +96,6 @@ class Trainer:
             self.evaluate()  # the starting point: the loaded model's (or random init's) loss
         while progress.iteration < train.train_iters:
             lr = self.schedule.apply(self.engine.optimizer)
-            counted_before = counter.target_tokens if counter else 0
             loss, applied = self.engine.train_step(counter)
             progress.iteration += 1
             progress.consumed_samples += train.batch.global_batch
@@ -105,7 +104,7 @@ class Trainer:
                 self.schedule.step()
             else:
                 progress.skipped_iterations += 1
-            counted = (counter.target_tokens - counted_before) if counter and self.engine.counts_tokens else 0
+            counted = counter.take() if counter and self.engine.counts_tokens else 0
             target_tokens, stop_for_time, stop_for_switch, stop_for_signal = _all_ranks_sum(
                 [counted, float(self._out_of_time()), float(self._kill_switch()),
                  float(self.signal_received is not None)])

@@ -1,11 +1,11 @@
 """Where a run's model comes from, decided before anything is built:
 
-- `resume` from `--save` when a checkpoint is there (a relaunch: the same command every time);
 - `scratch`: no `--load` (or nothing saved there yet): random init from the shape flags;
 - `weights`: a checkpoint without training state (converted from HF), or `--finetune` /
   `--no-load-optim`: the weights only, read from its layer files at any TP/PP;
 - `resume`: one of our training checkpoints: weights, optimizer, RNG through DeepSpeed's loader,
-  and the progress (iteration, data position, LR schedule) unless `--reset-progress`.
+  and the progress (iteration, data position, LR schedule) unless `--reset-progress`. A
+  checkpoint in `--save` is always resumed (a relaunch: the same command every time).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from megatron.model.config import BloomModelConfig, padded_vocab_size
 from megatron.train.arguments import TrainConfig
 from megatron.train.checkpoint_integrity import PROGRESS_FILE, newest_complete_tag, problem
 from megatron.train.errors import ConfigError
-
 
 
 @dataclass
@@ -48,7 +47,7 @@ def plan_load(train: TrainConfig) -> LoadPlan:
     args = train.checkpoint
     relaunch = bool(args.save) and (Path(args.save) / "latest").is_file()
     if not relaunch and not (args.load and (Path(args.load) / "latest").is_file()):
-        return LoadPlan("scratch", Path(args.load) if args.load else None)
+        return LoadPlan("scratch")
     folder = Path(args.save if relaunch else args.load)
     flag = "--save" if relaunch else "--load"
     tag = _complete_tag(folder, flag, train.checkpoint.fallback)
