@@ -29,8 +29,9 @@ from megatron.model.parallel import default_backend, initialize_parallel
 from megatron.model.random import seed_everything
 from megatron.train.arguments import TrainConfig, parse_config
 from megatron.train.checkpointing import load_weights, resume
-from megatron.train.engine import TrainingEngine, build_module, uses_pipeline
+from megatron.train.engine import TrainingEngine, build_module
 from megatron.train.errors import ConfigError
+from megatron.train.launch_plan import describe
 from megatron.train.loop import NonFiniteLoss, Trainer, log
 from megatron.train.metrics import model_flops_per_token
 from megatron.train.model_source import LoadPlan, Progress, model_config, plan_load
@@ -62,13 +63,16 @@ def start_distributed(train: TrainConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         train, plan, config, hf_config, tokenizer = prepare(argv)
+        if train.dry_run:
+            print(describe(train, plan, config))
+            return 0
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     start_distributed(train)
     module = build_module(train, config)
     if plan.kind == "weights":
-        load_weights(module, plan, uses_pipeline(train))
+        load_weights(module, plan, train.parallel.uses_pipeline)
     engine = TrainingEngine(train, module)
     seed_everything(train.seed, parallel_state.get_tensor_model_parallel_rank(),
                     parallel_state.get_pipeline_model_parallel_rank())

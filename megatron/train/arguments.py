@@ -63,6 +63,12 @@ class ParallelArgs:
     def world_size(self) -> int:
         return self.tensor * self.pipeline * self.data
 
+    @property
+    def uses_pipeline(self) -> bool:
+        """ZeRO 0/1 run on DeepSpeed's `PipelineModule` (any PP); ZeRO-2/3, which its pipeline
+        engine does not support, on the whole model."""
+        return self.zero_stage <= 1
+
 
 @dataclass(frozen=True)
 class BatchArgs:
@@ -125,6 +131,7 @@ class TrainConfig:
     norm_target_loss: bool
     nonfinite_loss: str  # "stop" or "skip"
     deepspeed_config: str | None
+    dry_run: bool
 
     @property
     def train_iters(self) -> int:
@@ -222,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     logging.add_argument("--exit-interval", type=int, default=None, help="stop after this iteration")
     logging.add_argument("--exit-duration-in-mins", type=float, default=None)
     logging.add_argument("--kill-switch-path", default=None, help="stop (after saving) once this file exists")
+    logging.add_argument("--dry-run", action="store_true",
+                         help="print the layout (world size, gradient accumulation, TP/PP stages), a "
+                              "memory estimate per GPU and the data; launch nothing (set WORLD_SIZE)")
     logging.add_argument("--exit-signal-handler", action="store_true",
                          help="on SIGTERM or SIGUSR1 (SLURM's notice before a time limit or preemption) "
                               "finish the step, save, exit 0")
@@ -275,8 +285,6 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
     if args.num_attention_heads and args.num_attention_heads % tp:
         raise ConfigError(f"--tensor-model-parallel-size {tp} does not divide --num-attention-heads "
                           f"{args.num_attention_heads}")
-    if args.num_layers and args.num_layers < pp:
-        raise ConfigError(f"--pipeline-model-parallel-size {pp} exceeds --num-layers {args.num_layers}")
     if args.save_interval and not args.save:
         raise ConfigError("--save-interval needs --save")
     if args.finetune and not args.load:
@@ -320,6 +328,7 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
         norm_target_loss=args.norm_target_loss,
         nonfinite_loss=args.nonfinite_loss,
         deepspeed_config=args.deepspeed_config,
+        dry_run=args.dry_run,
     )
 
 

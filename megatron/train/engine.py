@@ -48,21 +48,17 @@ def adamw(module: nn.Module, args: OptimizerArgs) -> torch.optim.Optimizer:
 def build_module(train: TrainConfig, config: BloomModelConfig) -> nn.Module:
     """Randomly initialised (identically for any layout, from `--seed`) on this rank."""
     parallel = model_parallel_config(torch.float32, device="cpu")
-    if uses_pipeline(train):
+    if train.parallel.uses_pipeline:
         return bloom_pipeline(config, parallel, train.parallel.data, train.parallel.partition_method,
                               train.model.checkpoint_activations, train.norm_target_loss, init_seed=train.seed)
     bloom = BloomModel(config, parallel, train.model.checkpoint_activations, init_seed=train.seed)
     return BloomForTraining(bloom, train.norm_target_loss)
 
 
-def uses_pipeline(train: TrainConfig) -> bool:
-    return train.parallel.zero_stage <= 1
-
-
 class TrainingEngine:
     def __init__(self, train: TrainConfig, module: nn.Module):
         self.train = train
-        self.is_pipeline = uses_pipeline(train)
+        self.is_pipeline = train.parallel.uses_pipeline
         self.engine, *_ = deepspeed.initialize(
             model=module, optimizer=adamw(module, train.optimizer), config=deepspeed_config(train),
             mpu=None if self.is_pipeline else DeepSpeedMPU(),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from megatron.model.checkpoint_layout import MODEL_CONFIG_FILE
 from megatron.model.config import BloomModelConfig, padded_vocab_size
+from megatron.model.pipeline_partition import check_partition
 from megatron.train.arguments import TrainConfig
 from megatron.train.checkpoint_integrity import PROGRESS_FILE, newest_complete_tag, problem
 from megatron.train.errors import ConfigError
@@ -107,11 +108,10 @@ def model_config(train: TrainConfig, plan: LoadPlan, vocab_size: int, eod: int, 
         if hf_config.get("vocab_size", vocab_size) > config.vocab_size or vocab_size > config.vocab_size:
             raise ConfigError(f"--tokenizer-name-or-path has {vocab_size} tokens, more than the "
                               f"checkpoint's embedding ({config.vocab_size} rows)")
-    if train.parallel.pipeline > config.num_layers:
-        raise ConfigError(f"--pipeline-model-parallel-size {train.parallel.pipeline} exceeds the "
-                          f"model's {config.num_layers} layers")
     try:
         config.check_tensor_parallel(tp)
+        if train.parallel.uses_pipeline:
+            check_partition(config, tp, train.parallel.pipeline, train.parallel.partition_method)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return config, hf_config

@@ -1,0 +1,169 @@
+"""What a launch would be, worked out without launching anything (`finetune_xp3.py --dry-run`):
+the process layout (world = TP x PP x DP, gradient accumulation), which layers each pipeline
+stage holds (`pipeline_partition`), parameters and an estimate of peak
+memory per GPU, and the data groups, opened and counted.
+
+Memory per GPU, for P parameters on the GPU and data-parallel size d:
+- weights 2P in fp16/bf16 (4P in fp32), divided by d under ZeRO-3;
+- gradients 2P in fp16, 4P in bf16 (DeepSpeed accumulates them in fp32) and fp32, divided by d
+  under ZeRO-2/3;
+- optimizer: Adam's moments (8P) and in fp16/bf16 the fp32 master weights (4P), divided by d
+  under ZeRO-1 and above;
+- activations (Korthikanti et al. 2022, no sequence parallelism, in half precision), per layer
+  and micro-batch of b rows of s tokens, hidden h, a heads, TP t: s*b*h*(10 + 24/t + 5*a*s/(h*t))
+  bytes, the last term the materialised attention scores; with `--checkpoint-activations` only
+  each layer's input (2*s*b*h) is kept, plus one layer's full set during its backward; and the
+  stage's output (2*s*b*h). A stage holds min(PP - stage, gradient accumulation) micro-batches in
+  flight under 1F1B;
+- logits: s*b*V/t * (2 + 4 + 4) bytes on the LM head's stage (half logits, fp32 copy, gradient).
+CUDA context, communication buffers and fragmentation come on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deepspeed.runtime.pipe.module import TiedLayerSpec
+
+from megatron.data.data_config import DataGroup
+from megatron.data.indexed_dataset import IndexedDatasetError
+from megatron.data.mtf_datasets import pair_range
+from megatron.model.config import BloomModelConfig
+from megatron.model.pipeline import FinalNormPipe, TransformerBlockPipe
+from megatron.model.pipeline_partition import (block_parameters, embedding_parameters, layer_specs, spec_name,
+                                               stage_bounds)
+from megatron.train.arguments import TrainConfig
+from megatron.train.errors import ConfigError
+from megatron.train.model_source import LoadPlan
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What one GPU of a pipeline stage holds, and its estimated peak memory by part (bytes)."""
+
+    index: int
+    embedding: bool
+    blocks: int
+    final_norm: bool
+    lm_head: bool
+    parameters: int
+    memory: dict[str, float]
+
+    def holds(self) -> str:
+        parts = ["embedding"] * self.embedding
+        if self.blocks:
+            parts.append(f"{self.blocks} block{'s' * (self.blocks > 1)}")
+        parts += ["final norm"] * self.final_norm + ["LM head"] * self.lm_head
+        return " + ".join(parts)
+
+
+def stages(train: TrainConfig, config: BloomModelConfig) -> list[Stage]:
+    tp, pp = train.parallel.tensor, train.parallel.pipeline
+    if not train.parallel.uses_pipeline:  # the whole model on every GPU
+        return [_stage(train, config, 0, True, config.num_layers, True, True)]
+    specs = layer_specs(config, tp, pp)
+    bounds = stage_bounds(specs, train.parallel.partition_method, pp, config, tp)
+    result = []
+    for index in range(pp):
+        held = specs[bounds[index]:bounds[index + 1]]
+        names = [spec_name(s) for s in held]
+        embedding = any(isinstance(s, TiedLayerSpec) and s.forward_fn is None for s in held)
+        lm_head = any(isinstance(s, TiedLayerSpec) and s.forward_fn is not None for s in held)
+        result.append(_stage(train, config, index, embedding, names.count(TransformerBlockPipe.__name__),
+                             FinalNormPipe.__name__ in names, lm_head))
+    return result
+
+
+def _stage(train: TrainConfig, config: BloomModelConfig, index: int, embedding: bool, blocks: int,
+           final_norm: bool, lm_head: bool) -> Stage:
+    tp, dp, zero = train.parallel.tensor, train.parallel.data, train.parallel.zero_stage
+    h, a, s, b = config.hidden_size, config.num_heads, train.data.seq_length, train.batch.micro
+    # the LM head shares the embedding's weight; a second copy lives on the last stage
+    parameters = ((embedding or lm_head) * embedding_parameters(config, tp) + blocks * block_parameters(config, tp)
+                  + final_norm * 2 * h)
+    half = train.precision in ("fp16", "bf16")
+    element = 2 if half else 4
+    in_flight = min(train.parallel.pipeline - index, train.batch.gradient_accumulation) if train.parallel.uses_pipeline else 1
+    layer_input = s * b * h * element
+    layer_full = s * b * h * (10 + 24 / tp + 5 * a * s / (h * tp)) * element / 2
+    if train.model.checkpoint_activations:
+        activations = blocks * in_flight * layer_input + layer_full * (blocks > 0)
+    else:
+        activations = blocks * in_flight * layer_full
+    activations += in_flight * layer_input  # the stage's output (or the embedding's) per micro-batch
+    memory = {
+        "weights": parameters * element / (dp if zero == 3 else 1),
+        "gradients": parameters * (2 if train.precision == "fp16" else 4) / (dp if zero >= 2 else 1),
+        "optimizer": parameters * (12 if half else 8) / (dp if zero >= 1 else 1),
+        "activations": activations,
+        "logits": lm_head * s * b * config.vocab_size / tp * (element + 8),
+    }
+    return Stage(index, embedding, blocks, final_norm, lm_head, parameters, memory)
+
+
+def data_summary(group: DataGroup) -> str:
+    """`NAME: N datasets, M pairs`, every dataset opened (a missing or damaged file stops here)."""
+    pairs = 0
+    for dataset in group.datasets:
+        try:
+            pairs += len(pair_range(dataset.prefix, dataset.begin, dataset.end))
+        except (FileNotFoundError, IndexedDatasetError, ValueError) as error:
+            raise ConfigError(f"data group {group.name!r}: {error}") from None
+    return f"{group.name}: {len(group.datasets)} datasets, {pairs:,} pairs"
+
+
+def _count(n: float) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
+
+
+def describe(train: TrainConfig, plan: LoadPlan, config: BloomModelConfig) -> str:
+    """The dry run's report."""
+    par, batch = train.parallel, train.batch
+    total = embedding_parameters(config, 1) + config.num_layers * block_parameters(config, 1) + 2 * config.hidden_size
+    start = {"scratch": "random initialisation (no checkpoint in --save or --load)",
+             "weights": f"the weights of {plan.folder}/{plan.tag} (fresh optimizer)",
+             "resume": f"resuming {plan.folder}/{plan.tag}"}[plan.kind]
+    lines = [
+        "dry run: nothing launched",
+        f"world size {par.world_size} = TP {par.tensor} x PP {par.pipeline} x DP {par.data}",
+        f"batch: micro {batch.micro} x DP {par.data} x gradient accumulation {batch.gradient_accumulation} "
+        f"= global {batch.global_batch} rows of {train.data.seq_length} tokens",
+        f"training: {train.train_iters} iterations, {batch.train_samples:,} rows, "
+        f"{_count(batch.train_samples * train.data.seq_length)} tokens",
+        f"model: {config.num_layers} layers, hidden {config.hidden_size}, {config.num_heads} heads, "
+        f"vocabulary {config.vocab_size}: {_count(total)} parameters",
+        f"precision {train.precision}, ZeRO-{par.zero_stage}, "
+        f"{'PipelineModule' if train.parallel.uses_pipeline else 'whole model on every GPU'}, activation "
+        f"recomputation {'on' if train.model.checkpoint_activations else 'off'}",
+        f"starts from: {start}",
+        "data:",
+        *(f"  {data_summary(group)}" for group in [train.data.train, *train.data.valid]),
+        "per GPU (GiB)           weights  grads  optimizer  activations  logits  total  params",
+    ]
+    rows = stages(train, config)
+    for first, last in _runs(rows):
+        stage = rows[first]
+        label = f"stage {first}" if first == last else f"stages {first}-{last}"
+        m = {k: v / GIB for k, v in stage.memory.items()}
+        lines.append(f"  {label:<21} {m['weights']:7.2f} {m['gradients']:6.2f} {m['optimizer']:10.2f} "
+                     f"{m['activations']:12.2f} {m['logits']:7.2f} {sum(m.values()):6.2f}  "
+                     f"{_count(stage.parameters)}  {stage.holds()}{' each (memory: the most of them)' * (first != last)}")
+    peak = max(rows, key=lambda r: sum(r.memory.values()))
+    lines.append(f"peak estimate: {sum(peak.memory.values()) / GIB:.2f} GiB on stage {peak.index}, plus "
+                 "CUDA context, communication buffers and fragmentation (keep 10-15% of the GPU free)")
+    return "\n".join(lines)
+
+
+def _runs(rows: list[Stage]) -> list[tuple[int, int]]:
+    """Consecutive stages that hold the same layers, as (first, last). The first of a run has
+    the most micro-batches in flight, so its memory is the run's largest."""
+    runs: list[tuple[int, int]] = []
+    for i, row in enumerate(rows):
+        previous = rows[runs[-1][0]] if runs else None
+        if previous and (previous.holds(), previous.parameters) == (row.holds(), row.parameters):
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
