@@ -32,6 +32,7 @@ from megatron.train.checkpointing import load_weights, resume
 from megatron.train.engine import TrainingEngine, build_module
 from megatron.train.errors import ConfigError
 from megatron.train.launch_plan import describe
+from megatron.train.heartbeat import Heartbeat
 from megatron.train.loop import NonFiniteLoss, Trainer, log
 from megatron.train.metrics import model_flops_per_token
 from megatron.train.model_source import LoadPlan, Progress, model_config, plan_load
@@ -52,24 +53,17 @@ def prepare(argv: list[str] | None) -> tuple[TrainConfig, LoadPlan, object, dict
 def start_distributed(train: TrainConfig) -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    deepspeed.init_distributed(dist_backend=train.parallel.backend or default_backend(),
-                               timeout=timedelta(minutes=train.parallel.timeout_minutes))
+    timeout = timedelta(minutes=train.parallel.timeout_minutes)
+    deepspeed.init_distributed(dist_backend=train.parallel.backend or default_backend(), timeout=timeout)
     if dist.get_world_size() != train.parallel.world_size:
         raise ConfigError(f"the flags were checked for {train.parallel.world_size} processes but "
                           f"{dist.get_world_size()} started")
-    initialize_parallel(train.parallel.tensor, train.parallel.pipeline)
+    initialize_parallel(train.parallel.tensor, train.parallel.pipeline, timeout)
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        train, plan, config, hf_config, tokenizer = prepare(argv)
-        if train.dry_run:
-            print(describe(train, plan, config))
-            return 0
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    start_distributed(train)
+def train_from(train: TrainConfig, plan: LoadPlan, config, hf_config: dict, tokenizer: HFTokenizer,
+               progress: Progress) -> int:
+    """Build, load, train and save on the started process groups; the exit status."""
     module = build_module(train, config)
     if plan.kind == "weights":
         load_weights(module, plan, train.parallel.uses_pipeline)
@@ -90,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                   for group in train.data.valid} if train.logging.eval_iters > 0 else {}
 
     meta = checkpoint_meta(config, hf_config, train.parallel.tensor, train.parallel.pipeline)
-    trainer = Trainer(train, engine, train_data, valid_data, plan.progress or Progress(),
+    trainer = Trainer(train, engine, train_data, valid_data, progress,
                       model_flops_per_token(config, train.data.seq_length), meta)
     try:
         trainer.run()
@@ -100,8 +94,31 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         trainer.tensorboard.close()
     dist.barrier()
-    dist.destroy_process_group()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        train, plan, config, hf_config, tokenizer = prepare(argv)
+        if train.dry_run:
+            print(describe(train, plan, config))
+            return 0
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    start_distributed(train)
+    progress = plan.progress or Progress()
+    heartbeat = Heartbeat(lambda: progress.iteration)
+    try:
+        status = train_from(train, plan, config, hf_config, tokenizer, progress)
+    except Exception as error:  # most often a collective that failed or timed out: say who is missing
+        print(f"error: rank {heartbeat.rank} (host {heartbeat.host}) stopped at iteration {progress.iteration}: "
+              f"{str(error).splitlines()[0] if str(error) else type(error).__name__}; {heartbeat.silent_ranks()}",
+              file=sys.stderr, flush=True)
+        raise
+    heartbeat.stop()
+    dist.destroy_process_group()
+    return status
 
 
 if __name__ == "__main__":

@@ -35,11 +35,15 @@ def tiny_model_args(demo_dir: Path, data: dict[str, Path], seq_length: int = 64)
     ]
 
 
-def _command(nprocs: int, args: list) -> tuple[list[str], dict[str, str]]:
+FINETUNE = REPO / "finetune_xp3.py"
+
+
+def _command(nprocs: int, args: list, script: Path = FINETUNE, **env_vars: str) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
-               TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions")))
+               TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions")),
+               **env_vars)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nprocs),
-               "--master-port", str(free_port()), str(REPO / "finetune_xp3.py"), *map(str, args)]
+               "--master-port", str(free_port()), str(script), *map(str, args)]
     return command, env
 
 
@@ -58,8 +62,10 @@ def finetune_process(nprocs: int, args: list):
             process.communicate()
 
 
-def finetune(nprocs: int, args: list, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    command, env = _command(nprocs, args)
+def finetune(nprocs: int, args: list, check: bool = True, timeout: float = 600, script: Path = FINETUNE,
+             **env_vars: str) -> subprocess.CompletedProcess:
+    """A finetune run to its end; `script` and `env_vars` run a test's variant of finetune_xp3.py."""
+    command, env = _command(nprocs, args, script, **env_vars)
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"finetune_xp3.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n"

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
@@ -19,11 +21,16 @@ def collective_device(group=None) -> str:
     return "cuda" if dist.get_backend(group) == "nccl" else "cpu"
 
 
-def initialize_parallel(tp_size: int = 1, pp_size: int = 1) -> None:
+def initialize_parallel(tp_size: int = 1, pp_size: int = 1, timeout: timedelta | None = None) -> None:
     """Create megatron-core's groups; torch.distributed is started first if it is not yet
-    (`default_backend()`) from the usual torchrun environment variables."""
+    (`default_backend()`) from the usual torchrun environment variables. With `timeout`, every
+    group created from now on (ours, megatron-core's, DeepSpeed's) waits at most that long in a
+    collective: torch otherwise gives new groups its own default (30 minutes for gloo)."""
     if not dist.is_initialized():
-        dist.init_process_group(default_backend())
+        dist.init_process_group(default_backend(), timeout=timeout)
+    if timeout is not None:
+        c10d = dist.distributed_c10d
+        c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = timeout
     world = dist.get_world_size()
     if world % (tp_size * pp_size):
         raise ValueError(f"world size {world} is not divisible by tensor ({tp_size}) x pipeline ({pp_size}) "
@@ -31,7 +38,8 @@ def initialize_parallel(tp_size: int = 1, pp_size: int = 1) -> None:
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=tp_size, pipeline_model_parallel_size=pp_size
+        tensor_model_parallel_size=tp_size, pipeline_model_parallel_size=pp_size,
+        **({"distributed_timeout_minutes": timeout.total_seconds() / 60} if timeout else {}),
     )
 
 
