@@ -41,9 +41,9 @@ BASE = ["--micro-batch-size", "2", "--global-batch-size", "8", "--lr", "2e-3", "
 
 
 def test_layouts_give_the_single_process_loss_curve(demo_dir, demo_data, converted_bloom, tmp_path):
-    """TP=2, PP=2, DP=2 (ZeRO-1), TP=2 x PP=2 and DP=2 under ZeRO-2 (whole-model engine) each
-    reproduce the loss and gradient-norm curve of one process, from the converted checkpoint,
-    with clipping active."""
+    """TP=2, PP=2, DP=2 (ZeRO-1), TP=2 x PP=2 and DP=2 under ZeRO-2 (whole-model engine), and the
+    last two with the chunked LM head loss, each reproduce the loss and gradient-norm curve of one
+    process on the reference path, from the converted checkpoint, with clipping active."""
     common = [*tiny_model_args(demo_dir, demo_data), *BASE, "--train-iters", "6", "--load", converted_bloom,
               "--hidden-dropout", "0", "--attention-dropout", "0", "--clip-grad", "0.3", "--eval-iters", "0"]
     layouts = {
@@ -53,6 +53,9 @@ def test_layouts_give_the_single_process_loss_curve(demo_dir, demo_data, convert
         "dp2_zero1": (2, ["--zero-stage", "1"]),
         "tp2_pp2": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]),
         "dp2_zero2": (2, ["--zero-stage", "2"]),
+        "tp2_pp2_chunked_head": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+                                     "--lm-head-loss", "chunked"]),
+        "dp2_zero2_chunked_head": (2, ["--zero-stage", "2", "--lm-head-loss", "chunked"]),
     }
     curves = {}
     for name, (nprocs, extra) in layouts.items():

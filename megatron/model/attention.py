@@ -3,7 +3,10 @@ among a pair's inputs), behind one interface with several backends.
 
 `attention(q, k, v, slopes, segment_ids, is_inputs, dropout_p) -> context`, with q, k, v of shape
 `[batch, heads, seq, head_dim]` and `slopes` the ALiBi slopes of these heads. The `reference`
-backend builds the float bias (ALiBi + mask) and calls PyTorch's SDPA: exact, runs everywhere.
+backend builds the float bias (ALiBi + mask) and calls PyTorch's SDPA: exact, runs everywhere,
+but holds `[s, s]` per head. The `flex` backend (GPU) is FlexAttention, compiled: ALiBi as a
+score modifier, the mask as a block mask built once per micro-batch, so blocks wholly outside a
+segment (other pairs, padding) are skipped and `[s, s]` is never materialised; it has no dropout.
 Padding queries (segment 0) see only themselves, so no softmax row is empty; their outputs are
 never used by the loss.
 """
@@ -41,7 +44,58 @@ def reference_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
 
 
-BACKENDS: dict[str, Callable[..., torch.Tensor]] = {"reference": reference_attention}
+class _BlockMasks:
+    """The block mask of the micro-batch being computed, built once and reused by every layer."""
+
+    def __init__(self):
+        self.key, self.mask = None, None
+
+    def get(self, segment_ids: torch.Tensor, is_inputs: torch.Tensor | None):
+        key = (segment_ids.data_ptr(), segment_ids._version, tuple(segment_ids.shape),
+               None if is_inputs is None else (is_inputs.data_ptr(), is_inputs._version))
+        if key != self.key:
+            self.key, self.mask = key, _block_mask(segment_ids, is_inputs)
+        return self.mask
+
+
+def _block_mask(segment_ids: torch.Tensor, is_inputs: torch.Tensor | None):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def allowed(b, h, q, k):
+        same = (segment_ids[b, q] == segment_ids[b, k]) & (segment_ids[b, q] > 0)
+        visible = k <= q
+        if is_inputs is not None:  # prefix LM: a pair's inputs see each other both ways
+            visible = visible | (is_inputs[b, q] & is_inputs[b, k])
+        return (q == k) | (same & visible)
+
+    batch, seq = segment_ids.shape
+    return create_block_mask(allowed, batch, None, seq, seq, device=segment_ids.device)
+
+
+_block_masks = _BlockMasks()
+_compiled_flex_attention = None
+
+
+def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor, segment_ids: torch.Tensor,
+                   is_inputs: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+    """The `reference_attention` interface on FlexAttention (see the module docstring)."""
+    global _compiled_flex_attention
+    from torch.nn.attention import flex_attention as flex
+
+    if dropout_p:
+        raise ValueError("the flex attention backend has no attention dropout: use --attention-dropout 0 "
+                         "or --attention-backend reference")
+    if _compiled_flex_attention is None:
+        _compiled_flex_attention = torch.compile(flex.flex_attention, dynamic=False)
+    slopes = slopes.to(device=q.device, dtype=torch.float32)
+
+    def alibi(score, b, h, q_index, k_index):
+        return score + slopes[h] * (k_index - q_index)
+
+    return _compiled_flex_attention(q, k, v, score_mod=alibi, block_mask=_block_masks.get(segment_ids, is_inputs))
+
+
+BACKENDS: dict[str, Callable[..., torch.Tensor]] = {"reference": reference_attention, "flex": flex_attention}
 
 
 def get_backend(name: str) -> Callable[..., torch.Tensor]:

@@ -9,6 +9,7 @@ from megatron.core.model_parallel_config import ModelParallelConfig
 from torch import nn
 
 from megatron.data.batch import loss_weights
+from megatron.kernels.lm_head_loss import lm_head_loss
 from megatron.model.checkpoint_layout import EMBEDDING_LAYER, block_layer
 from megatron.model.config import BloomModelConfig
 from megatron.model.layers import BloomBlock, WordEmbeddings, final_layernorm, lm_logits
@@ -26,6 +27,18 @@ def packed_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Ten
     """The loss of a micro-batch of packed rows: target tokens only, in either normalisation."""
     weights = loss_weights(loss_mask, segment_ids, norm_target_loss).to(logits.device)
     return (token_losses(logits, labels) * weights).sum()
+
+
+def head_and_loss(hidden: torch.Tensor, embedding_weight: torch.Tensor, labels: torch.Tensor,
+                  loss_mask: torch.Tensor, segment_ids: torch.Tensor, norm_target_loss: bool,
+                  method: str) -> torch.Tensor:
+    """The LM head and `packed_loss` from the final hidden states: through the full logits
+    (`reference`), or chunked over the target tokens only (`chunked`), which never holds them."""
+    if method == "chunked":
+        weights = loss_weights(loss_mask, segment_ids, norm_target_loss)
+        return lm_head_loss(hidden, embedding_weight, labels.to(hidden.device), weights)
+    return packed_loss(lm_logits(hidden, embedding_weight, gather=False), labels, loss_mask, segment_ids,
+                       norm_target_loss)
 
 
 class BloomModel(nn.Module):
@@ -53,14 +66,21 @@ class BloomModel(nn.Module):
         gather_logits: bool = False,
     ) -> torch.Tensor:
         """Logits `[batch, seq, vocab / tp]` (or the whole padded vocabulary with `gather_logits`)."""
+        hidden = self.final_hidden(tokens, segment_ids, is_inputs)
+        return lm_logits(hidden, self.word_embeddings.weight, gather_logits)
+
+    def final_hidden(self, tokens: torch.Tensor, segment_ids: torch.Tensor,
+                     is_inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """The hidden states after the final LayerNorm, `[batch, seq, hidden]`."""
         hidden = self.word_embeddings(tokens)
         for layer in self.layers:
             if self.checkpoint_activations and self.training:
                 hidden = checkpoint(layer, hidden, segment_ids, is_inputs)
             else:
                 hidden = layer(hidden, segment_ids, is_inputs)
-        return lm_logits(self.final_layernorm(hidden), self.word_embeddings.weight, gather_logits)
+        return self.final_layernorm(hidden)
 
     def loss(self, batch: dict[str, torch.Tensor], norm_target_loss: bool = False) -> torch.Tensor:
-        logits = self(batch["tokens"], batch["segment_ids"], batch.get("is_inputs"))
-        return packed_loss(logits, batch["labels"], batch["loss_mask"], batch["segment_ids"], norm_target_loss)
+        hidden = self.final_hidden(batch["tokens"], batch["segment_ids"], batch.get("is_inputs"))
+        return head_and_loss(hidden, self.word_embeddings.weight, batch["labels"], batch["loss_mask"],
+                             batch["segment_ids"], norm_target_loss, self.config.lm_head_loss)

@@ -30,7 +30,8 @@ class BloomModelConfig:
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     init_method_std: float = 0.02
-    attention_backend: str = "reference"
+    attention_backend: str = "reference"  # or "flex" (attention.py)
+    lm_head_loss: str = "reference"  # full logits + vocab-parallel CE, or "chunked" (kernels/lm_head_loss.py)
     prefix_lm: bool = False  # bidirectional attention among a pair's input tokens
 
     def __post_init__(self):

@@ -4,7 +4,8 @@ partition units. Indices match Megatron-DeepSpeed's GPTModelPipe (`checkpoint_la
 DeepSpeed's own `load_state_dir` reads its checkpoints and ours alike.
 
 Between stages flows `(hidden, segment_ids, is_inputs)`; the first stage takes
-`(tokens, segment_ids, is_inputs)` and the last returns this rank's vocabulary slice of logits.
+`(tokens, segment_ids, is_inputs)` and the last returns the final hidden states with the tied
+head weight, which the loss turns into logits (or, chunked, into the loss directly).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from torch import nn
 
 from megatron.model.checkpoint_layout import EMBEDDING_LAYER, FIRST_BLOCK_LAYER
 from megatron.model.config import BloomModelConfig
-from megatron.model.bloom import packed_loss
-from megatron.model.layers import BloomBlock, WordEmbeddings, lm_logits
+from megatron.model.bloom import head_and_loss
+from megatron.model.layers import BloomBlock, WordEmbeddings
 from megatron.model.random import layer_seed, seeded
 from megatron.model.recompute import checkpoint
 
@@ -37,8 +38,10 @@ class EmbeddingPipe(nn.Module):
         return self.word_embeddings(tokens), segment_ids, is_inputs
 
 
-def lm_head(embedding: EmbeddingPipe, hidden: torch.Tensor) -> torch.Tensor:
-    return lm_logits(hidden, embedding.word_embeddings.weight, gather=False)
+def lm_head(embedding: EmbeddingPipe, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last layer hands the final hidden states and the tied head weight to the loss, which
+    applies the head (`bloom.head_and_loss`: full logits, or chunked over the targets)."""
+    return hidden, embedding.word_embeddings.weight
 
 
 class TransformerBlockPipe(BloomBlock):
@@ -94,7 +97,8 @@ def bloom_layer_specs(config: BloomModelConfig, parallel: ModelParallelConfig, i
         *(SeededLayerSpec(layer_seed(init_seed, layer), TransformerBlockPipe, config, parallel) for layer in blocks),
         _pass_through,
         LayerSpec(FinalNormPipe, config.hidden_size, eps=config.layer_norm_eps, dtype=parallel.params_dtype),
-        TiedLayerSpec(TIED_EMBEDDING, EmbeddingPipe, config, parallel, forward_fn=lm_head,
+        TiedLayerSpec(TIED_EMBEDDING, EmbeddingPipe, config, parallel,
+                      forward_fn=lm_head,
                       tied_weight_attr="word_embeddings.weight"),
     ]
 
@@ -105,9 +109,11 @@ def bloom_pipeline(config: BloomModelConfig, parallel: ModelParallelConfig, data
     """The whole BLOOM as a `PipelineModule` over megatron-core's groups. Micro-batches are
     `((tokens, segment_ids, is_inputs), (labels, loss_mask, segment_ids))`."""
 
-    def loss_fn(logits, labels):
+    def loss_fn(outputs, labels):
         targets, loss_mask, segment_ids = labels
-        return packed_loss(logits, targets, loss_mask, segment_ids, norm_target_loss)
+        hidden, head_weight = outputs
+        return head_and_loss(hidden, head_weight, targets, loss_mask, segment_ids, norm_target_loss,
+                             config.lm_head_loss)
 
     topology = PipeModelDataParallelTopology(num_pp=parallel.pipeline_model_parallel_size,
                                              num_mp=parallel.tensor_model_parallel_size, num_dp=data_parallel_size)

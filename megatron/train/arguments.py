@@ -11,6 +11,8 @@ import argparse
 import os
 from dataclasses import dataclass
 
+import torch
+
 from megatron.data.data_config import DataConfig, add_data_args, data_config_from_args
 from megatron.train.errors import ConfigError
 from megatron.train.deepspeed_config import read_deepspeed_json
@@ -47,6 +49,8 @@ class ModelArgs:
     checkpoint_activations: bool
     prefix_lm: bool
     tokenizer: str
+    attention_backend: str  # "reference" or "flex"
+    lm_head_loss: str  # "reference" or "chunked"
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="recompute each transformer block in the backward pass (less memory)")
     model.add_argument("--prefix-lm", action="store_true",
                        help="bidirectional attention among each pair's input tokens")
+    model.add_argument("--attention-backend", choices=["auto", "reference", "flex"], default="auto",
+                       help="flex: FlexAttention with ALiBi and packed-causal block masks (GPU; no attention "
+                            "dropout); reference: SDPA over a materialised bias; auto: flex on GPUs when "
+                            "--attention-dropout is 0")
+    model.add_argument("--lm-head-loss", choices=["auto", "reference", "chunked"], default="auto",
+                       help="chunked: LM head + cross entropy over the target tokens in chunks, never holding "
+                            "the logits; reference: full logits; auto: chunked on GPUs")
     model.add_argument("--tokenizer-type", choices=["PretrainedFromHF"], default="PretrainedFromHF")
     model.add_argument("--tokenizer-name-or-path", required=True, help="a local HF tokenizer folder")
 
@@ -279,6 +290,13 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
     if args.nonfinite_loss == "skip" and zero_stage == 0 and not args.fp16:
         raise ConfigError("--nonfinite-loss skip needs ZeRO stage >= 1 or --fp16 (DeepSpeed then "
                           "skips steps with non-finite gradients)")
+    gpu = torch.cuda.is_available() or args.distributed_backend == "nccl"  # (a dry run of a GPU launch)
+    attention_backend = args.attention_backend if args.attention_backend != "auto" else (
+        "flex" if gpu and args.attention_dropout == 0 else "reference")
+    if attention_backend == "flex" and args.attention_dropout:
+        raise ConfigError(f"--attention-backend flex has no attention dropout: pass --attention-dropout 0 "
+                          f"(not {args.attention_dropout}) or --attention-backend reference")
+    lm_head_loss = args.lm_head_loss if args.lm_head_loss != "auto" else ("chunked" if gpu else "reference")
     shape = (args.num_layers, args.hidden_size, args.num_attention_heads)
     if args.load is None and None in shape:
         raise ConfigError("without --load, give --num-layers, --hidden-size and --num-attention-heads")
@@ -310,7 +328,7 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
         model=ModelArgs(args.num_layers, args.hidden_size, args.num_attention_heads, args.init_method_std,
                         args.hidden_dropout, args.attention_dropout, args.make_vocab_size_divisible_by,
                         args.pad_vocab_size_to, args.checkpoint_activations, args.prefix_lm,
-                        args.tokenizer_name_or_path),
+                        args.tokenizer_name_or_path, attention_backend, lm_head_loss),
         parallel=ParallelArgs(tp, pp, dp, zero_stage, args.pp_partition_method, args.distributed_timeout_minutes,
                               args.distributed_backend),
         batch=BatchArgs(micro, global_batch, global_batch // (micro * dp), train_samples, args.num_workers),

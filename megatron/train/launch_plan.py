@@ -11,11 +11,12 @@ Memory per GPU, for P parameters on the GPU and data-parallel size d:
   under ZeRO-1 and above;
 - activations (Korthikanti et al. 2022, no sequence parallelism, in half precision), per layer
   and micro-batch of b rows of s tokens, hidden h, a heads, TP t: s*b*h*(10 + 24/t + 5*a*s/(h*t))
-  bytes, the last term the materialised attention scores; with `--checkpoint-activations` only
+  bytes, the last term the materialised attention scores (none with `--attention-backend flex`); with `--checkpoint-activations` only
   each layer's input (2*s*b*h) is kept, plus one layer's full set during its backward; and the
   stage's output (2*s*b*h). A stage holds min(PP - stage, gradient accumulation) micro-batches in
   flight under 1F1B;
-- logits: s*b*V/t * (2 + 4 + 4) bytes on the LM head's stage (half logits, fp32 copy, gradient).
+- logits: s*b*V/t * (2 + 4 + 4) bytes on the LM head's stage (half logits, fp32 copy, gradient);
+  with `--lm-head-loss chunked`, one chunk's fp32 logits (`CHUNK_BYTES`).
 CUDA context, communication buffers and fragmentation come on top.
 """
 
@@ -28,6 +29,7 @@ from deepspeed.runtime.pipe.module import TiedLayerSpec
 from megatron.data.data_config import DataGroup
 from megatron.data.indexed_dataset import IndexedDatasetError
 from megatron.data.mtf_datasets import pair_range
+from megatron.kernels.lm_head_loss import CHUNK_BYTES
 from megatron.model.config import BloomModelConfig
 from megatron.model.pipeline import FinalNormPipe, TransformerBlockPipe
 from megatron.model.pipeline_partition import (block_parameters, embedding_parameters, layer_specs, spec_name,
@@ -87,7 +89,8 @@ def _stage(train: TrainConfig, config: BloomModelConfig, index: int, embedding: 
     element = 2 if half else 4
     in_flight = min(train.parallel.pipeline - index, train.batch.gradient_accumulation) if train.parallel.uses_pipeline else 1
     layer_input = s * b * h * element
-    layer_full = s * b * h * (10 + 24 / tp + 5 * a * s / (h * tp)) * element / 2
+    scores = 5 * a * s / (h * tp) if config.attention_backend == "reference" else 0  # flex keeps none
+    layer_full = s * b * h * (10 + 24 / tp + scores) * element / 2
     if train.model.checkpoint_activations:
         activations = blocks * in_flight * layer_input + layer_full * (blocks > 0)
     else:
@@ -98,7 +101,8 @@ def _stage(train: TrainConfig, config: BloomModelConfig, index: int, embedding: 
         "gradients": parameters * (2 if train.precision == "fp16" else 4) / (dp if zero >= 2 else 1),
         "optimizer": parameters * (12 if half else 8) / (dp if zero >= 1 else 1),
         "activations": activations,
-        "logits": lm_head * s * b * config.vocab_size / tp * (element + 8),
+        "logits": lm_head * (CHUNK_BYTES if config.lm_head_loss == "chunked"
+                             else s * b * config.vocab_size / tp * (element + 8)),
     }
     return Stage(index, embedding, blocks, final_norm, lm_head, parameters, memory)
 
@@ -134,7 +138,8 @@ def describe(train: TrainConfig, plan: LoadPlan, config: BloomModelConfig) -> st
         f"{_count(batch.train_samples * train.data.seq_length)} tokens",
         f"model: {config.num_layers} layers, hidden {config.hidden_size}, {config.num_heads} heads, "
         f"vocabulary {config.vocab_size}: {_count(total)} parameters",
-        f"precision {train.precision}, ZeRO-{par.zero_stage}, "
+        f"precision {train.precision}, ZeRO-{par.zero_stage}, attention {config.attention_backend}, "
+        f"LM head loss {config.lm_head_loss}, "
         f"{'PipelineModule' if train.parallel.uses_pipeline else 'whole model on every GPU'}, activation "
         f"recomputation {'on' if train.model.checkpoint_activations else 'off'}",
         f"starts from: {start}",

@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""Benchmark of one training step (forward, backward, AdamW) on whatever device is there, for
+BLOOM shapes on packed rows of xP3-like pairs, in three versions on the same pairs:
+
+  (a) ours: BloomModel with `--attention-backend flex` and `--lm-head-loss chunked`;
+  (b) ours on the reference path (SDPA over a materialised bias, full logits);
+  (c) transformers' BloomForCausalLM (eager attention) on the same pairs one per row, padded to
+      the longest: what a user of the plain HF trainer gets.
+
+Reported per version: tokens/s (real tokens, no padding), target tokens/s, model TFLOPs per
+device and MFU (formula printed; peaks of known GPUs), peak memory; then the ratios against (c)
+and (b). Then attention alone, forward + backward, against the sequence length: flex vs the
+materialised path. Counted model FLOPs are those of the real tokens (packing waste and padding
+are not work).
+
+    python bench/train_step.py --model 560m --model 1b7           # on a GPU, bf16
+    python bench/train_step.py --model tiny --steps 2 --dtype fp32  # a CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from transformers import BloomConfig, BloomForCausalLM
+
+from megatron.data.batch import loss_weights
+from megatron.data.demo_corpus import xp3_like_pair_lengths
+from megatron.model.alibi import alibi_slopes
+from megatron.model.attention import flex_attention, reference_attention
+from megatron.model.bloom import BloomModel
+from megatron.model.config import BloomModelConfig
+from megatron.model.parallel import initialize_parallel, model_parallel_config
+from megatron.train.metrics import FLOPS_FORMULA, model_flops_per_token, peak_tflops
+
+SHAPES = {  # name -> (layers, hidden, heads, vocabulary, micro-batch rows)
+    "560m": (24, 1024, 16, 250880, 4),
+    "1b7": (24, 2048, 16, 250880, 2),
+    "tiny": (2, 64, 4, 1024, 2),
+}
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+VERSIONS = ("(a) ours, fused", "(b) ours, reference path", "(c) transformers, padded")
+
+
+def packed_pairs(rows: int, seq: int, vocab: int, seed: int) -> tuple[dict[str, torch.Tensor], list[tuple[int, int]]]:
+    """`rows` packed rows of `seq + 1` tokens filled first-fit with xP3-like pairs (inputs cut to
+    half a row), and those pairs' (input, target) lengths."""
+    inputs, targets = xp3_like_pair_lengths(rows * seq, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(4, vocab, (rows, seq + 1), generator=g)
+    segments = torch.zeros(rows, seq + 1, dtype=torch.long)
+    mask = torch.zeros(rows, seq + 1)
+    pairs, k = [], 0
+    for row in range(rows):
+        used, segment, misses = 0, 1, 0
+        while misses < 20:  # a pair that does not fit is passed over; 20 in a row close the row
+            i, t = int(min(inputs[k], seq // 2)), int(max(1, min(targets[k], seq // 4)))
+            k += 1
+            if used + i + t > seq + 1:
+                misses += 1
+                continue
+            segments[row, used:used + i + t] = segment
+            mask[row, used + i - 1:used + i + t - 1] = 1  # predict the target tokens
+            pairs.append((i, t))
+            used, segment = used + i + t, segment + 1
+    batch = {"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "segment_ids": segments[:, :-1],
+             "loss_mask": mask[:, :-1]}
+    return batch, pairs
+
+
+def padded_pairs(pairs: list[tuple[int, int]], vocab: int, seed: int) -> dict[str, torch.Tensor]:
+    """The same pairs one per row for transformers: right-padded, labels -100 outside targets."""
+    longest = max(i + t for i, t in pairs)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, vocab, (len(pairs), longest), generator=g)
+    attention = torch.zeros(len(pairs), longest, dtype=torch.long)
+    labels = torch.full((len(pairs), longest), -100)
+    for row, (i, t) in enumerate(pairs):
+        attention[row, :i + t] = 1
+        labels[row, i:i + t] = ids[row, i:i + t]
+    return {"input_ids": ids, "attention_mask": attention, "labels": labels}
+
+
+def timed(step, steps: int, device: str) -> tuple[float, float]:
+    """Seconds per step (median after two warm-up steps) and peak memory in GiB."""
+    for _ in range(2):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    memory = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    return float(np.median(times)), memory
+
+
+def ours_step(config: BloomModelConfig, dtype: torch.dtype, device: str, batch: dict[str, torch.Tensor]):
+    model = BloomModel(config, model_parallel_config(dtype, device=device if device == "cpu" else None),
+                       init_seed=0).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
+    batch = {k: v.to(device) for k, v in batch.items()}
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        model.loss(batch, norm_target_loss=True).backward()
+        optimizer.step()
+    return step
+
+
+def hf_step(shape: tuple, dtype: torch.dtype, device: str, batch: dict[str, torch.Tensor]):
+    layers, hidden, heads, vocab, _ = shape
+    config = BloomConfig(vocab_size=vocab, hidden_size=hidden, n_layer=layers, n_head=heads,
+                         hidden_dropout=0.0, attention_dropout=0.0, attn_implementation="eager")
+    model = BloomForCausalLM(config).to(device=device, dtype=dtype).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
+    batch = {k: v.to(device) for k, v in batch.items()}
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        optimizer.step()
+    return step
+
+
+def bench_model(name: str, dtype_name: str, steps: int, seq: int, device: str) -> None:
+    shape = SHAPES[name]
+    layers, hidden, heads, vocab, rows = shape
+    dtype = DTYPES[dtype_name]
+    batch, pairs = packed_pairs(rows, seq, vocab, seed=0)
+    real_tokens = sum(i + t for i, t in pairs)
+    target_tokens = int(loss_weights(batch["loss_mask"], batch["segment_ids"], True).gt(0).sum())
+    base = BloomModelConfig(vocab, hidden, layers, heads)
+    flops = model_flops_per_token(base, seq) * real_tokens
+    peak = peak_tflops(dtype_name)
+    versions = {
+        VERSIONS[0]: lambda: ours_step(BloomModelConfig(vocab, hidden, layers, heads, attention_backend="flex",
+                                                              lm_head_loss="chunked"), dtype, device, batch),
+        VERSIONS[1]: lambda: ours_step(base, dtype, device, batch),
+        VERSIONS[2]: lambda: hf_step(shape, dtype, device, padded_pairs(pairs, vocab, seed=0)),
+    }
+    if device == "cpu":  # FlexAttention has no CPU backward
+        versions.pop(VERSIONS[0])
+    print(f"\nBLOOM-{name}: {layers} layers, hidden {hidden}, {heads} heads, vocabulary {vocab}; {dtype_name}; "
+          f"{rows} packed rows of {seq} = {len(pairs)} pairs, {real_tokens} real tokens, {target_tokens} targets")
+    results = {}
+    for version, build in versions.items():
+        try:
+            seconds, memory = timed(build(), steps, device)
+        except torch.OutOfMemoryError:
+            print(f"{version:<26} out of memory")
+            continue
+        finally:
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        tflops = flops / seconds / 1e12
+        results[version] = real_tokens / seconds, target_tokens / seconds
+        print(f"{version:<26} {real_tokens / seconds:>10,.0f} tok/s {target_tokens / seconds:>9,.0f} target tok/s "
+              f"{tflops:>7.1f} TFLOPs" + (f" MFU {tflops / peak:6.1%}" if peak else "") + f"  peak {memory:6.1f} GiB")
+    fused, reference, hf = VERSIONS
+    for version, against in ((fused, hf), (reference, hf), (fused, reference)):
+        if version in results and against in results:
+            print(f"{version} / {against}: target tokens/s x{results[version][1] / results[against][1]:.2f}")
+
+
+def bench_attention(seq_lengths: list[int], dtype: torch.dtype, device: str, heads: int = 16,
+                    head_dim: int = 64) -> None:
+    print(f"\nattention alone (forward + backward), {heads} heads x {head_dim}, packed rows of xP3-like pairs")
+    print(f"{'seq':>6} {'reference ms':>13} {'flex ms':>8} {'speed-up':>9}")
+    slopes = alibi_slopes(heads)
+    for seq in seq_lengths:
+        batch, _ = packed_pairs(1, seq, 1000, seed=seq)
+        segments = batch["segment_ids"].to(device)
+        q, k, v = (torch.randn(1, heads, seq, head_dim, device=device, dtype=dtype, requires_grad=True)
+                   for _ in range(3))
+        row = []
+        for backend in (reference_attention, flex_attention):
+            def step(backend=backend):
+                out = backend(q, k, v, slopes, segments)
+                torch.autograd.grad(out.float().sum(), (q, k, v))
+            try:
+                row.append(timed(step, 5, device)[0] * 1e3)
+            except torch.OutOfMemoryError:
+                row.append(float("nan"))
+        print(f"{seq:>6} {row[0]:>13.2f} {row[1]:>8.2f} {row[0] / row[1]:>8.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", choices=sorted(SHAPES), help="default: 560m and 1b7")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--seq-length", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--attention-seq-lengths", type=int, nargs="*", default=[512, 1024, 2048, 4096, 8192])
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29511"))
+    dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=0, world_size=1)
+    initialize_parallel(1, 1)
+    print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}; torch {torch.__version__}; "
+          f"model FLOPs per token: {FLOPS_FORMULA}")
+    for name in args.model or ["560m", "1b7"]:
+        bench_model(name, args.dtype, args.steps, args.seq_length, device)
+    if device == "cuda" and args.attention_seq_lengths:
+        bench_attention(args.attention_seq_lengths, DTYPES[args.dtype], device)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

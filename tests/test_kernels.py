@@ -1,0 +1,112 @@
+"""Each fused kernel against the reference path it replaces: the chunked LM head + vocab-parallel
+cross entropy at TP=1 and TP=2 (two gloo processes), loss and gradients; FlexAttention (ALiBi,
+packed causal, prefix LM) forward on CPU, forward and backward on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from bloom_workers import gloo_world
+from megatron.core import parallel_state
+from megatron_test_utils import free_port
+
+from megatron.data.batch import loss_weights
+from megatron.kernels.lm_head_loss import lm_head_loss
+from megatron.model.alibi import alibi_slopes
+from megatron.model.attention import flex_attention, reference_attention
+from megatron.model.bloom import packed_loss
+from megatron.model.layers import lm_logits
+from megatron.model.parallel import initialize_parallel
+
+VOCAB, HIDDEN = 256, 32
+
+
+def _lm_head_case(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(2, 24, HIDDEN, generator=g)
+    weight = torch.randn(VOCAB, HIDDEN, generator=g) * 0.5
+    labels = torch.randint(0, VOCAB, (2, 24), generator=g)
+    segment_ids = torch.tensor([[1] * 10 + [2] * 12 + [0] * 2, [1] * 24])
+    loss_mask = (torch.rand(2, 24, generator=g) < 0.3).float() * (segment_ids > 0)
+    return hidden, weight, labels, segment_ids, loss_mask
+
+
+def _lm_head_gradients(fused: bool, norm_target_loss: bool) -> tuple[torch.Tensor, ...]:
+    tp, rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
+    hidden, weight, labels, segment_ids, loss_mask = _lm_head_case()
+    hidden.requires_grad_()
+    weight = weight.chunk(tp)[rank].clone().requires_grad_()
+    if fused:
+        loss = lm_head_loss(hidden, weight, labels, loss_weights(loss_mask, segment_ids, norm_target_loss),
+                            chunk_tokens=5)
+    else:
+        loss = packed_loss(lm_logits(hidden, weight, gather=False), labels, loss_mask, segment_ids, norm_target_loss)
+    loss.backward()
+    return loss.detach(), hidden.grad, weight.grad
+
+
+def _differences(tp: int) -> dict[str, float]:
+    initialize_parallel(tp_size=tp)
+    differences = {}
+    for norm in (False, True):
+        fused, reference = _lm_head_gradients(True, norm), _lm_head_gradients(False, norm)
+        for name, a, b in zip(("loss", "hidden grad", "weight grad"), fused, reference):
+            differences[f"{name} norm={norm}"] = float((a - b).abs().max() / b.abs().max())
+    return differences
+
+
+def _tp2_worker(rank: int, port: int, out: str) -> None:
+    with gloo_world(rank, 2, port):
+        differences = _differences(2)
+        torch.save(differences, f"{out}.{rank}")
+
+
+def test_chunked_lm_head_loss_matches_the_reference_at_tp1():
+    with gloo_world(0, 1, free_port()):
+        differences = _differences(1)
+    assert max(differences.values()) < 1e-5, differences
+
+
+@pytest.mark.slow
+def test_chunked_lm_head_loss_matches_the_reference_at_tp2(tmp_path):
+    out = str(tmp_path / "differences")
+    mp.spawn(_tp2_worker, args=(free_port(), out), nprocs=2)
+    for rank in range(2):
+        differences = torch.load(f"{out}.{rank}")
+        assert max(differences.values()) < 1e-5, (rank, differences)
+
+
+def test_chunked_lm_head_loss_skips_tokens_without_weight_and_keeps_no_graph_in_eval():
+    hidden, weight, labels, segment_ids, loss_mask = _lm_head_case()
+    weights = loss_weights(loss_mask, segment_ids, False)
+    with torch.no_grad():
+        loss = lm_head_loss(hidden, weight, labels, weights)
+    assert not loss.requires_grad
+    changed = hidden.clone()
+    changed[weights == 0] = 1e6  # tokens without loss weight never reach the LM head
+    with torch.no_grad():
+        assert lm_head_loss(changed, weight, labels, weights) == loss
+
+
+@pytest.mark.parametrize("prefix_lm", [False, True])
+def test_flex_attention_matches_the_reference(prefix_lm):
+    """Forward on CPU (FlexAttention has no CPU backward); forward and backward on a GPU."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(0)
+    batch, heads, seq, head_dim = 2, 4, 200, 16
+    q, k, v = (torch.randn(batch, heads, seq, head_dim, generator=g).to(device) for _ in range(3))
+    segment_ids = torch.tensor([[1] * 70 + [2] * 90 + [0] * 40, [1] * 150 + [2] * 50], device=device)
+    is_inputs = (torch.arange(seq, device=device) % 50 < 20).expand(batch, seq) if prefix_lm else None
+    slopes = alibi_slopes(heads)
+    if device == "cuda":
+        for t in (q, k, v):
+            t.requires_grad_()
+    flex = flex_attention(q, k, v, slopes, segment_ids, is_inputs)
+    reference = reference_attention(q, k, v, slopes, segment_ids, is_inputs)
+    keep = segment_ids > 0  # padding queries' outputs are never used
+    torch.testing.assert_close(flex.transpose(1, 2)[keep], reference.transpose(1, 2)[keep], rtol=1e-4, atol=1e-5)
+    if device == "cuda":
+        grad = torch.randn_like(flex)
+        for a, b in zip(torch.autograd.grad(flex, (q, k, v), grad), torch.autograd.grad(reference, (q, k, v), grad)):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
