@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import BloomConfig, BloomForCausalLM
 
+from megatron.data.atomic_files import atomic_folder
 from megatron.data.tokenizer import HFTokenizer
 from megatron.model.hf_conversion import TOKENIZER_FILES
 
@@ -35,10 +36,11 @@ def main(argv: list[str] | None = None) -> None:
                          n_head=args.num_attention_heads, bos_token_id=tokenizer.eod, eos_token_id=tokenizer.eod,
                          pad_token_id=tokenizer.pad, hidden_dropout=0.0, attention_dropout=0.0)
     out = Path(args.output_dir)
-    BloomForCausalLM(config).save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        if (Path(args.tokenizer_dir) / name).is_file():
-            shutil.copy(Path(args.tokenizer_dir) / name, out / name)
+    with atomic_folder(out) as tmp:
+        BloomForCausalLM(config).save_pretrained(tmp)
+        for name in TOKENIZER_FILES:
+            if (Path(args.tokenizer_dir) / name).is_file():
+                shutil.copy(Path(args.tokenizer_dir) / name, tmp / name)
     print(f"wrote {out}: a random {args.num_layers}-layer BLOOM, hidden {args.hidden_size}")
 
 

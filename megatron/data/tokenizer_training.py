@@ -5,12 +5,12 @@ need no download. `transformers.AutoTokenizer` and `megatron.data.tokenizer` bot
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from megatron.data.atomic_files import atomic_folder
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 
@@ -30,20 +30,16 @@ def train_bpe_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: i
     tokenizer.train_from_iterator(texts, trainer=trainer)
 
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tokenizer.save(str(tmp / "tokenizer.json"))
-    special = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": 1_000_000,
-        "padding_side": "left",
-        "add_prefix_space": False,
-        **special,
-    }
-    (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (tmp / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    with atomic_folder(out_dir) as tmp:
+        tokenizer.save(str(tmp / "tokenizer.json"))
+        special = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": 1_000_000,
+            "padding_side": "left",
+            "add_prefix_space": False,
+            **special,
+        }
+        (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
     return out_dir

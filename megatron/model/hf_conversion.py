@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from megatron.data.atomic_files import atomic_folder
 from megatron.model.checkpoint_layout import (
     EMBEDDING_LAYER,
     MODEL_CONFIG_FILE,
@@ -174,19 +174,6 @@ def load_hf_into_model(model: torch.nn.Module, checkpoint: HFCheckpoint, tp_rank
     load_layers_into_model(model, lambda layer: hf_layer(checkpoint, model.config, layer), tp_rank, tp_size)
 
 
-def _atomic_folder(output: Path) -> Path:
-    tmp = output.with_name(output.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _publish(tmp: Path, output: Path) -> None:
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(tmp, output)
-
-
 def convert_hf_to_megatron(hf_dir: str | Path, output_dir: str | Path, tp_size: int, pp_size: int,
                            divisible_by: int = 128, pad_to: int | None = None) -> Path:
     checkpoint = HFCheckpoint(hf_dir)
@@ -197,8 +184,7 @@ def convert_hf_to_megatron(hf_dir: str | Path, output_dir: str | Path, tp_size: 
     if unknown:
         raise ConversionError(f"{hf_dir}: tensors that a {config.num_layers}-layer BLOOM does not have: {unknown[:5]}")
     output = Path(output_dir)
-    tmp = _atomic_folder(output)
-    try:
+    with atomic_folder(output) as tmp:
         folder = tmp / TAG
         folder.mkdir()
         for layer in parameter_layers(config.num_layers):
@@ -212,9 +198,6 @@ def convert_hf_to_megatron(hf_dir: str | Path, output_dir: str | Path, tp_size: 
                 if layer == EMBEDDING_LAYER:  # the tied LM head is saved as its own layer too
                     torch.save(shard, layer_file(folder, lm_head_layer(config.num_layers), rank))
         write_checkpoint_metadata(tmp, TAG, config, checkpoint.config.to_dict(), tp_size, pp_size)
-        _publish(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return output
 
 
@@ -292,8 +275,7 @@ def convert_megatron_to_hf(input_dir: str | Path, output_dir: str | Path, tokeni
     checkpoint = MegatronCheckpoint(input_dir)
     hf_vocab = checkpoint.hf_config["vocab_size"]
     output = Path(output_dir)
-    tmp = _atomic_folder(output)
-    try:
+    with atomic_folder(output) as tmp:
         shards, shard, shard_bytes, dtype = [], {}, 0, None
         for name, tensor in _hf_tensors(checkpoint, hf_vocab):
             if shard and shard_bytes + tensor.nbytes > max_shard_bytes:
@@ -317,9 +299,6 @@ def convert_megatron_to_hf(input_dir: str | Path, output_dir: str | Path, tokeni
                 raise ConversionError(f"--tokenizer-dir {tokenizer_dir}: no tokenizer files there")
             for name in copied:
                 shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
-        _publish(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return output
 
 
