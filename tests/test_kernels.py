@@ -110,3 +110,17 @@ def test_flex_attention_matches_the_reference(prefix_lm):
         grad = torch.randn_like(flex)
         for a, b in zip(torch.autograd.grad(flex, (q, k, v), grad), torch.autograd.grad(reference, (q, k, v), grad)):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_flex_attention_rebuilds_its_block_mask_for_changed_segments():
+    """Two segments of 256 leave whole 128-blocks masked (skipped); one segment of 512 in the same
+    tensor, changed in place, must not reuse that block mask."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 512, 16, generator=g).to(device) for _ in range(3))
+    slopes = alibi_slopes(2)
+    segment_ids = torch.tensor([[1] * 256 + [2] * 256], device=device)
+    for _ in range(2):
+        torch.testing.assert_close(flex_attention(q, k, v, slopes, segment_ids),
+                                   reference_attention(q, k, v, slopes, segment_ids), rtol=1e-4, atol=1e-5)
+        segment_ids[0, 256:] = 1

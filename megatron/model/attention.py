@@ -13,6 +13,7 @@ never used by the loss.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -45,16 +46,22 @@ def reference_attention(
 
 
 class _BlockMasks:
-    """The block mask of the micro-batch being computed, built once and reused by every layer."""
+    """The block mask of the micro-batch being computed, built once and reused by every layer:
+    kept while the very same `segment_ids` and `is_inputs` tensors come back unmodified (held by
+    weak reference: a new micro-batch's tensors may reuse the old ones' memory, never their
+    identity while those live)."""
 
     def __init__(self):
-        self.key, self.mask = None, None
+        self.refs, self.versions, self.mask = (), (), None
 
     def get(self, segment_ids: torch.Tensor, is_inputs: torch.Tensor | None):
-        key = (segment_ids.data_ptr(), segment_ids._version, tuple(segment_ids.shape),
-               None if is_inputs is None else (is_inputs.data_ptr(), is_inputs._version))
-        if key != self.key:
-            self.key, self.mask = key, _block_mask(segment_ids, is_inputs)
+        tensors = (segment_ids, is_inputs)
+        versions = tuple(None if t is None else t._version for t in tensors)
+        same = len(self.refs) == 2 and all((ref is None and t is None) or (ref is not None and ref() is t)
+                                           for ref, t in zip(self.refs, tensors))
+        if not same or versions != self.versions:
+            self.refs = tuple(None if t is None else weakref.ref(t) for t in tensors)
+            self.versions, self.mask = versions, _block_mask(segment_ids, is_inputs)
         return self.mask
 
 
