@@ -47,10 +47,13 @@ class Heartbeat:
         self._stop.set()
 
     def _read(self) -> dict[int, tuple[int, int, str]]:
+        """rank -> (beats, last finished iteration, host); ranks that never beat are left out."""
         beats = {}
         for rank in range(self.world):
-            count, iteration, host = self.store.get(f"{PREFIX}{rank}").decode().split(" ", 2)
-            beats[rank] = (int(count), int(iteration), host)
+            key = f"{PREFIX}{rank}"
+            if self.store.check([key]):
+                count, iteration, host = self.store.get(key).decode().split(" ", 2)
+                beats[rank] = (int(count), int(iteration), host)
         return beats
 
     def silent_ranks(self) -> str:
@@ -63,9 +66,10 @@ class Heartbeat:
         except Exception as error:
             return (f"the rendezvous store held by rank 0 does not answer ({str(error).splitlines()[0]}): "
                     "rank 0 or its node is down")
-        silent = [rank for rank in after if rank != self.rank and after[rank][0] == before[rank][0]]
-        if not silent:
+        never = [rank for rank in range(self.world) if rank not in after]
+        silent = [rank for rank in after if rank != self.rank and after[rank][0] == before.get(rank, (None,))[0]]
+        if not silent and not never:
             return "every rank is still alive (their heartbeats advance)"
-        return "no heartbeat from " + ", ".join(
-            f"rank {rank} (host {after[rank][2]}, last finished iteration {after[rank][1]})" for rank in silent
-        ) + f" for {3 * self.interval_s:.0f}s: it died or hangs"
+        words = [f"rank {rank} (host {after[rank][2]}, last finished iteration {after[rank][1]})" for rank in silent]
+        words += [f"rank {rank} (never started its heartbeat)" for rank in never]
+        return f"no heartbeat from {', '.join(words)} for {3 * self.interval_s:.0f}s: it died or hangs"
