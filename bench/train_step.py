@@ -104,8 +104,7 @@ def timed(step, steps: int, device: str) -> tuple[float, float]:
 
 
 def ours_step(config: BloomModelConfig, dtype: torch.dtype, device: str, batch: dict[str, torch.Tensor]):
-    model = BloomModel(config, model_parallel_config(dtype, device=device if device == "cpu" else None),
-                       init_seed=0).to(device)
+    model = BloomModel(config, model_parallel_config(dtype), init_seed=0).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
     batch = {k: v.to(device) for k, v in batch.items()}
 
@@ -202,9 +201,9 @@ def main() -> None:
     parser.add_argument("--attention-seq-lengths", type=int, nargs="*", default=[512, 1024, 2048, 4096, 8192])
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29511"))
-    dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=0, world_size=1)
-    initialize_parallel(1, 1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29511"), RANK="0",
+                      WORLD_SIZE="1")
+    initialize_parallel(1, 1)  # one process: NCCL on a GPU, gloo on CPU
     print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}; torch {torch.__version__}; "
           f"model FLOPs per token: {FLOPS_FORMULA}")
     for name in args.model or ["560m", "1b7"]:

@@ -7,11 +7,11 @@ tensor-parallel rank's vocabulary slice of the tied embedding.
 - Those tokens go through in chunks of at most `chunk_tokens`: a chunk's fp32 logits
   `[chunk, vocab / tp]` are the largest buffer, instead of `[micro x seq, vocab / tp]` fp32 logits
   plus their gradient.
-- Gradients are computed in the forward pass, chunk by chunk (softmax - one-hot, times the weight;
-  the weight's accumulated in its own dtype, each chunk's product in fp32), and only scaled in
-  the backward; the max, sum of exponentials and target logit are all-reduced
-  over the tensor-parallel group as in Megatron's vocab-parallel cross entropy, and the hidden
-  states' gradient once at the end.
+- Gradients are computed in the forward pass, chunk by chunk (w * (softmax - one-hot), cast to
+  the weight's dtype, times the weight or the hidden states; the weight's gradient accumulated
+  across chunks in its own dtype), and only scaled in the backward; the max, sum of exponentials
+  and target logit are all-reduced over the tensor-parallel group as in Megatron's
+  vocab-parallel cross entropy, and the hidden states' gradient once at the end.
 
 Plain PyTorch: the same code runs on CPU, where tests compare it with the reference path
 (`lm_logits` + `packed_loss`) at TP 1 and 2.
