@@ -2,15 +2,17 @@
 """Benchmark of one training step (forward, backward, AdamW) on whatever device is there, for
 BLOOM shapes on packed rows of xP3-like pairs, in three versions on the same pairs:
 
-  (a) ours: BloomModel with `--attention-backend flex` and `--lm-head-loss chunked`;
+  (a) ours: BloomModel with `--lm-head-loss chunked`, the compiled bias + GeLU and bias + dropout
+      + residual, and `--attention-backend flex` (on GPUs; FlexAttention has no CPU backward);
   (b) ours on the reference path (SDPA over a materialised bias, full logits);
   (c) transformers' BloomForCausalLM (eager attention) on the same pairs one per row, padded to
       the longest: what a user of the plain HF trainer gets.
 
 Reported per version: tokens/s (real tokens, no padding), target tokens/s, model TFLOPs per
 device and MFU (formula printed; peaks of known GPUs), peak memory; then the ratios against (c)
-and (b). Then attention alone, forward + backward, against the sequence length: flex vs the
-materialised path. Counted model FLOPs are those of the real tokens (packing waste and padding
+and (b). Then the LM head + loss alone (forward + backward): time and the peak memory above its
+inputs, chunked vs full logits. Then attention alone, forward + backward, against the sequence
+length: flex vs the materialised path. Counted model FLOPs are those of the real tokens (packing waste and padding
 are not work).
 
     python bench/train_step.py --model 560m --model 1b7           # on a GPU, bf16
@@ -20,6 +22,7 @@ are not work).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -32,7 +35,7 @@ from megatron.data.batch import loss_weights
 from megatron.data.demo_corpus import xp3_like_pair_lengths
 from megatron.model.alibi import alibi_slopes
 from megatron.model.attention import flex_attention, reference_attention
-from megatron.model.bloom import BloomModel
+from megatron.model.bloom import BloomModel, head_and_loss
 from megatron.model.config import BloomModelConfig
 from megatron.model.parallel import initialize_parallel, model_parallel_config
 from megatron.train.metrics import FLOPS_FORMULA, model_flops_per_token, peak_tflops
@@ -85,13 +88,16 @@ def padded_pairs(pairs: list[tuple[int, int]], vocab: int, seed: int) -> dict[st
     return {"input_ids": ids, "attention_mask": attention, "labels": labels}
 
 
-def timed(step, steps: int, device: str) -> tuple[float, float]:
-    """Seconds per step (median after two warm-up steps) and peak memory in GiB."""
+def timed(step, steps: int, device: str, baseline: bool = False) -> tuple[float, float]:
+    """Seconds per step (median after two warm-up steps) and peak memory in GiB (GPU only;
+    with `baseline`, above what was allocated before the step)."""
     for _ in range(2):
         step()
+    before = 0
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() if baseline else 0
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -99,7 +105,7 @@ def timed(step, steps: int, device: str) -> tuple[float, float]:
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    memory = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    memory = (torch.cuda.max_memory_allocated() - before) / 2**30 if device == "cuda" else float("nan")
     return float(np.median(times)), memory
 
 
@@ -140,14 +146,13 @@ def bench_model(name: str, dtype_name: str, steps: int, seq: int, device: str) -
     base = BloomModelConfig(vocab, hidden, layers, heads)
     flops = model_flops_per_token(base, seq) * real_tokens
     peak = peak_tflops(dtype_name)
+    fused = dataclasses.replace(base, attention_backend="flex" if device == "cuda" else "reference",
+                                lm_head_loss="chunked", bias_gelu_fusion=True, bias_dropout_fusion=True)
     versions = {
-        VERSIONS[0]: lambda: ours_step(BloomModelConfig(vocab, hidden, layers, heads, attention_backend="flex",
-                                                              lm_head_loss="chunked"), dtype, device, batch),
+        VERSIONS[0]: lambda: ours_step(fused, dtype, device, batch),
         VERSIONS[1]: lambda: ours_step(base, dtype, device, batch),
         VERSIONS[2]: lambda: hf_step(shape, dtype, device, padded_pairs(pairs, vocab, seed=0)),
     }
-    if device == "cpu":  # FlexAttention has no CPU backward
-        versions.pop(VERSIONS[0])
     print(f"\nBLOOM-{name}: {layers} layers, hidden {hidden}, {heads} heads, vocabulary {vocab}; {dtype_name}; "
           f"{rows} packed rows of {seq} = {len(pairs)} pairs, {real_tokens} real tokens, {target_tokens} targets")
     results = {}
@@ -168,6 +173,32 @@ def bench_model(name: str, dtype_name: str, steps: int, seq: int, device: str) -
     for version, against in ((fused, hf), (reference, hf), (fused, reference)):
         if version in results and against in results:
             print(f"{version} / {against}: target tokens/s x{results[version][1] / results[against][1]:.2f}")
+    bench_lm_head(hidden, vocab, batch, dtype, device)
+
+
+def bench_lm_head(hidden: int, vocab: int, batch: dict[str, torch.Tensor], dtype: torch.dtype, device: str) -> None:
+    """The LM head + loss of one micro-batch alone, forward + backward: chunked vs full logits."""
+    rows, seq = batch["tokens"].shape
+    g = torch.Generator().manual_seed(0)
+    states = (torch.randn(rows, seq, hidden, generator=g) * 0.5).to(device, dtype).requires_grad_()
+    weight = (torch.randn(vocab, hidden, generator=g) * 0.02).to(device, dtype).requires_grad_()
+    targets = {k: batch[k].to(device) for k in ("labels", "loss_mask", "segment_ids")}
+    print(f"LM head + loss alone (forward + backward), {rows} x {seq} tokens, vocabulary {vocab}:")
+    measured = {}
+    for method in ("chunked", "reference"):
+        def step(method=method):
+            loss = head_and_loss(states, weight, targets["labels"], targets["loss_mask"], targets["segment_ids"],
+                                 True, method)
+            torch.autograd.grad(loss, (states, weight))
+        try:
+            seconds, peak = timed(step, 5, device, baseline=True)
+        except torch.OutOfMemoryError:
+            print(f"  {method:<10} out of memory")
+            continue
+        measured[method] = peak
+        print(f"  {method:<10} {seconds * 1e3:9.1f} ms  peak above inputs {peak:6.2f} GiB")
+    if device == "cuda" and len(measured) == 2:
+        print(f"  peak memory chunked / reference: {measured['chunked'] / measured['reference']:.2f}")
 
 
 def bench_attention(seq_lengths: list[int], dtype: torch.dtype, device: str, heads: int = 16,

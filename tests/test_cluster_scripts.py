@@ -113,6 +113,8 @@ def test_recipe_dry_run_prints_the_layout_and_memory(recipe, demo_dir, xp3_data,
     assert world in out
     assert f"gradient accumulation {accumulation} = global" in out
     assert "rows of 2048 tokens" in out
+    # a GPU launch picks the fused paths (attention stays on the reference path: dropout 0.1)
+    assert "LM head loss chunked, compiled bias + GeLU on, bias + dropout + residual on" in out
     assert "starts from: random initialisation" in out  # no converted checkpoint in this test
     assert "train: 2 datasets" in out and "valid_xp3_fr: 1 datasets" in out
     for expected in stage_lines:

@@ -42,8 +42,9 @@ BASE = ["--micro-batch-size", "2", "--global-batch-size", "8", "--lr", "2e-3", "
 
 def test_layouts_give_the_single_process_loss_curve(demo_dir, demo_data, converted_bloom, tmp_path):
     """TP=2, PP=2, DP=2 (ZeRO-1), TP=2 x PP=2 and DP=2 under ZeRO-2 (whole-model engine), and the
-    last two with the chunked LM head loss, each reproduce the loss and gradient-norm curve of one
-    process on the reference path, from the converted checkpoint, with clipping active."""
+    last two with the chunked LM head loss (TP=2 x PP=2 also with the compiled bias fusions), each
+    reproduce the loss and gradient-norm curve of one process on the reference path, from the
+    converted checkpoint, with clipping active."""
     common = [*tiny_model_args(demo_dir, demo_data), *BASE, "--train-iters", "6", "--load", converted_bloom,
               "--hidden-dropout", "0", "--attention-dropout", "0", "--clip-grad", "0.3", "--eval-iters", "0"]
     layouts = {
@@ -53,8 +54,8 @@ def test_layouts_give_the_single_process_loss_curve(demo_dir, demo_data, convert
         "dp2_zero1": (2, ["--zero-stage", "1"]),
         "tp2_pp2": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]),
         "dp2_zero2": (2, ["--zero-stage", "2"]),
-        "tp2_pp2_chunked_head": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
-                                     "--lm-head-loss", "chunked"]),
+        "tp2_pp2_fused": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+                              "--lm-head-loss", "chunked", "--bias-gelu-fusion", "--bias-dropout-fusion"]),
         "dp2_zero2_chunked_head": (2, ["--zero-stage", "2", "--lm-head-loss", "chunked"]),
     }
     curves = {}
@@ -69,13 +70,16 @@ def test_layouts_give_the_single_process_loss_curve(demo_dir, demo_data, convert
             assert layout_norms[step] == pytest.approx(norms[step], rel=1e-4), (name, step)
 
 
-def test_interrupted_run_resumes_onto_the_same_curve(demo_dir, demo_data, tmp_path):
-    """With dropout on both stages of PP=2 (RNG states matter) and data loader workers: stop
-    after iteration 4, resume, and iterations 5..8 equal the uninterrupted run's bit for bit."""
+@pytest.mark.parametrize("dropout", [["--no-bias-dropout-fusion"], ["--bias-dropout-fusion"]],
+                         ids=["reference_dropout", "compiled_dropout"])
+def test_interrupted_run_resumes_onto_the_same_curve(demo_dir, demo_data, tmp_path, dropout):
+    """With dropout on both stages of PP=2 (RNG states matter; eager or compiled hidden dropout)
+    and data loader workers: stop after iteration 4, resume, and iterations 5..8 equal the
+    uninterrupted run's bit for bit."""
     common = [*tiny_model_args(demo_dir, demo_data), *BASE, "--train-iters", "8",
               "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
               "--pipeline-model-parallel-size", "2", "--eval-iters", "1", "--eval-interval", "4",
-              "--num-workers", "2", "--checkpoint-activations"]
+              "--num-workers", "2", "--checkpoint-activations", *dropout]
     finetune(2, [*common, "--save", tmp_path / "whole", "--tensorboard-dir", tmp_path / "tb_whole"])
     first = finetune(2, [*common, "--save", tmp_path / "split", "--exit-interval", "4",
                          "--tensorboard-dir", tmp_path / "tb_first"])

@@ -1,25 +1,29 @@
 """Each fused kernel against the reference path it replaces: the chunked LM head + vocab-parallel
 cross entropy at TP=1 and TP=2 (two gloo processes), loss and gradients; FlexAttention (ALiBi,
-packed causal, prefix LM) forward on CPU, forward and backward on a GPU."""
+packed causal, prefix LM) forward on CPU, forward and backward on a GPU; the compiled bias + GeLU
+and bias + dropout + residual, alone and in a whole model (CPU, and bf16 on a GPU)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from bloom_workers import gloo_world
+from bloom_workers import gloo_world, packed_batch
 from megatron.core import parallel_state
 from megatron_test_utils import free_port
 
 from megatron.data.batch import loss_weights
+from megatron.kernels.fused_bias import bias_dropout_add, bias_gelu, fused
 from megatron.kernels.lm_head_loss import lm_head_loss
 from megatron.model.alibi import alibi_slopes
 from megatron.model.attention import flex_attention, reference_attention
-from megatron.model.bloom import packed_loss
+from megatron.model.bloom import BloomModel, packed_loss
+from megatron.model.config import BloomModelConfig
 from megatron.model.layers import lm_logits
-from megatron.model.parallel import initialize_parallel
+from megatron.model.parallel import initialize_parallel, model_parallel_config
 
 VOCAB, HIDDEN = 256, 32
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _lm_head_case(seed: int = 0):
@@ -92,21 +96,20 @@ def test_chunked_lm_head_loss_skips_tokens_without_weight_and_keeps_no_graph_in_
 @pytest.mark.parametrize("prefix_lm", [False, True])
 def test_flex_attention_matches_the_reference(prefix_lm):
     """Forward on CPU (FlexAttention has no CPU backward); forward and backward on a GPU."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(0)
     batch, heads, seq, head_dim = 2, 4, 200, 16
-    q, k, v = (torch.randn(batch, heads, seq, head_dim, generator=g).to(device) for _ in range(3))
-    segment_ids = torch.tensor([[1] * 70 + [2] * 90 + [0] * 40, [1] * 150 + [2] * 50], device=device)
-    is_inputs = (torch.arange(seq, device=device) % 50 < 20).expand(batch, seq) if prefix_lm else None
+    q, k, v = (torch.randn(batch, heads, seq, head_dim, generator=g).to(DEVICE) for _ in range(3))
+    segment_ids = torch.tensor([[1] * 70 + [2] * 90 + [0] * 40, [1] * 150 + [2] * 50], device=DEVICE)
+    is_inputs = (torch.arange(seq, device=DEVICE) % 50 < 20).expand(batch, seq) if prefix_lm else None
     slopes = alibi_slopes(heads)
-    if device == "cuda":
+    if DEVICE == "cuda":
         for t in (q, k, v):
             t.requires_grad_()
     flex = flex_attention(q, k, v, slopes, segment_ids, is_inputs)
     reference = reference_attention(q, k, v, slopes, segment_ids, is_inputs)
     keep = segment_ids > 0  # padding queries' outputs are never used
     torch.testing.assert_close(flex.transpose(1, 2)[keep], reference.transpose(1, 2)[keep], rtol=1e-4, atol=1e-5)
-    if device == "cuda":
+    if DEVICE == "cuda":
         grad = torch.randn_like(flex)
         for a, b in zip(torch.autograd.grad(flex, (q, k, v), grad), torch.autograd.grad(reference, (q, k, v), grad)):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
@@ -115,12 +118,92 @@ def test_flex_attention_matches_the_reference(prefix_lm):
 def test_flex_attention_rebuilds_its_block_mask_for_changed_segments():
     """Two segments of 256 leave whole 128-blocks masked (skipped); one segment of 512 in the same
     tensor, changed in place, must not reuse that block mask."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(1, 2, 512, 16, generator=g).to(device) for _ in range(3))
+    q, k, v = (torch.randn(1, 2, 512, 16, generator=g).to(DEVICE) for _ in range(3))
     slopes = alibi_slopes(2)
-    segment_ids = torch.tensor([[1] * 256 + [2] * 256], device=device)
+    segment_ids = torch.tensor([[1] * 256 + [2] * 256], device=DEVICE)
     for _ in range(2):
         torch.testing.assert_close(flex_attention(q, k, v, slopes, segment_ids),
                                    reference_attention(q, k, v, slopes, segment_ids), rtol=1e-4, atol=1e-5)
         segment_ids[0, 256:] = 1
+
+
+def test_flex_attention_compiles_once_for_new_micro_batches():
+    """Each call makes a new ALiBi closure and (for new segments) a new block mask: neither may
+    make `torch.compile` compile again, or every layer of every step would pay a compilation."""
+
+    def call(split: int) -> None:
+        q, k, v = (torch.randn(1, 4, 256, 16, device=DEVICE) for _ in range(3))
+        segment_ids = torch.tensor([[1] * split + [2] * (256 - split)], device=DEVICE)
+        flex_attention(q, k, v, alibi_slopes(4), segment_ids)
+
+    call(100)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for split in (60, 130, 200):
+            call(split)
+
+
+# (dtype, tolerance): fp32 everywhere, and bf16 where the fused path is meant to run
+PRECISIONS = [(torch.float32, 1e-5)] + ([(torch.bfloat16, 2e-2)] if DEVICE == "cuda" else [])
+
+
+def _leaves(*shapes, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=g).to(DEVICE, dtype).requires_grad_() for shape in shapes]
+
+
+def _outputs_and_gradients(function, inputs, *args):
+    output = function(*inputs, *args)
+    grad = torch.ones_like(output) + torch.arange(output.shape[-1], device=output.device) / output.shape[-1]
+    return [output, *torch.autograd.grad(output, inputs, grad)]
+
+
+@pytest.mark.parametrize("dtype,tolerance", PRECISIONS)
+def test_compiled_bias_gelu_matches_the_reference(dtype, tolerance):
+    inputs = _leaves((2, 24, 64), (64,), dtype=dtype)
+    for a, b in zip(_outputs_and_gradients(fused(bias_gelu), inputs),
+                    _outputs_and_gradients(bias_gelu, inputs)):
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype,tolerance", PRECISIONS)
+def test_compiled_bias_dropout_add_matches_the_reference(dtype, tolerance):
+    """Without dropout (p=0, or eval) it is the reference; with dropout, each element is the
+    residual plus either 0 or (x + bias) / (1 - p), a fraction p of them dropped, the gradient
+    flowing through the kept ones only, and the same seed draws the same mask."""
+    p = 0.3
+    x, bias, residual = inputs = _leaves((4, 64, 64), (64,), (4, 64, 64), dtype=dtype)
+    for args in ((0.0, True), (p, False)):
+        for a, b in zip(_outputs_and_gradients(fused(bias_dropout_add), inputs, *args),
+                        _outputs_and_gradients(bias_dropout_add, inputs, *args)):
+            torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+    torch.manual_seed(5)
+    output = fused(bias_dropout_add)(x, bias, residual, p, True)
+    torch.manual_seed(5)
+    assert torch.equal(fused(bias_dropout_add)(x, bias, residual, p, True), output)
+    branch = (output - residual).detach().float()
+    kept = branch != 0
+    assert abs(1 - kept.float().mean().item() - p) < 0.03
+    scaled = ((x + bias) / (1 - p)).detach().float()
+    torch.testing.assert_close(branch[kept], scaled[kept], rtol=tolerance, atol=tolerance)
+    x_grad, bias_grad, residual_grad = torch.autograd.grad(output.sum(), inputs)
+    torch.testing.assert_close(x_grad.float(), kept / (1 - p), rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(bias_grad.float(), (kept / (1 - p)).sum(dim=(0, 1)), rtol=tolerance, atol=tolerance * 256)
+    assert torch.equal(residual_grad, torch.ones_like(residual))
+
+
+def _model_loss_and_gradients(fusion: bool) -> list[torch.Tensor]:
+    config = BloomModelConfig(vocab_size=256, hidden_size=32, num_layers=2, num_heads=4,
+                              bias_gelu_fusion=fusion, bias_dropout_fusion=fusion)
+    model = BloomModel(config, model_parallel_config(), init_seed=3).train()
+    batch, _ = packed_batch()
+    loss = model.loss(batch)
+    return [loss, *torch.autograd.grad(loss, list(model.parameters()))]
+
+
+def test_bloom_with_compiled_bias_fusions_matches_the_reference():
+    """The whole model (dropout 0): the same loss and parameter gradients either way."""
+    with gloo_world(0, 1, free_port()):
+        initialize_parallel(1, 1)
+        for a, b in zip(_model_loss_and_gradients(True), _model_loss_and_gradients(False)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

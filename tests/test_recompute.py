@@ -1,8 +1,10 @@
 """Activation recomputation (`--checkpoint-activations`) draws the same dropout masks as the plain
-forward pass, in the default and in the tensor-parallel generator, so gradients are unchanged."""
+forward pass, in the default and in the tensor-parallel generator, so gradients are unchanged;
+also with the compiled bias + dropout + residual, whose masks come from compiled code."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from bloom_workers import gloo_world, packed_batch
 from megatron_test_utils import free_port
@@ -13,9 +15,10 @@ from megatron.model.parallel import initialize_parallel, model_parallel_config
 from megatron.model.random import seed_everything
 
 
-def _gradients(checkpoint_activations: bool) -> dict[str, torch.Tensor]:
+def _gradients(checkpoint_activations: bool, fusion: bool) -> dict[str, torch.Tensor]:
     config = BloomModelConfig(vocab_size=256, hidden_size=32, num_layers=2, num_heads=4,
-                              hidden_dropout=0.3, attention_dropout=0.3)
+                              hidden_dropout=0.3, attention_dropout=0.3, bias_gelu_fusion=fusion,
+                              bias_dropout_fusion=fusion)
     model = BloomModel(config, model_parallel_config(), checkpoint_activations, init_seed=7).train()
     seed_everything(11)
     batch, _ = packed_batch()
@@ -23,10 +26,11 @@ def _gradients(checkpoint_activations: bool) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-def test_recomputation_gives_the_gradients_of_the_plain_pass():
+@pytest.mark.parametrize("fusion", [False, True], ids=["reference", "compiled_bias_fusions"])
+def test_recomputation_gives_the_gradients_of_the_plain_pass(fusion):
     with gloo_world(0, 1, free_port()):
         initialize_parallel(1, 1)
-        plain, recomputed = _gradients(False), _gradients(True)
+        plain, recomputed = _gradients(False, fusion), _gradients(True, fusion)
     assert plain.keys() == recomputed.keys()
     for name in plain:
         torch.testing.assert_close(recomputed[name], plain[name], rtol=0, atol=0, msg=name)

@@ -32,6 +32,8 @@ class BloomModelConfig:
     init_method_std: float = 0.02
     attention_backend: str = "reference"  # or "flex" (attention.py)
     lm_head_loss: str = "reference"  # full logits + vocab-parallel CE, or "chunked" (kernels/lm_head_loss.py)
+    bias_gelu_fusion: bool = False  # bias + GeLU compiled (kernels/fused_bias.py)
+    bias_dropout_fusion: bool = False  # bias + dropout + residual compiled
     prefix_lm: bool = False  # bidirectional attention among a pair's input tokens
 
     def __post_init__(self):

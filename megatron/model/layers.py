@@ -23,6 +23,7 @@ from megatron.core import parallel_state, tensor_parallel
 from megatron.core.model_parallel_config import ModelParallelConfig
 from torch import nn
 
+from megatron.kernels.fused_bias import bias_dropout_add, bias_gelu, fused
 from megatron.model.alibi import alibi_slopes_for_rank
 from megatron.model.attention import get_backend
 from megatron.model.config import BloomModelConfig
@@ -93,14 +94,17 @@ class SelfAttention(nn.Module):
         )
         self.dense = tensor_parallel.RowParallelLinear(
             config.hidden_size, config.hidden_size, config=parallel, init_method=output_init(config),
-            bias=True, input_is_parallel=True, skip_bias_add=False,
+            bias=True, input_is_parallel=True, skip_bias_add=True,
         )
         slopes = alibi_slopes_for_rank(
             config.num_heads, parallel_state.get_tensor_model_parallel_rank(), tp_size
         )
         self.register_buffer("alibi_slopes", slopes, persistent=False)
 
-    def forward(self, hidden: torch.Tensor, segment_ids: torch.Tensor, is_inputs: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, segment_ids: torch.Tensor,
+                is_inputs: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output projection and its bias, not yet added (the block adds it with the dropout
+        and the residual)."""
         batch, seq, _ = hidden.shape
         qkv, _ = self.query_key_value(hidden)
         qkv = qkv.view(batch, seq, self.local_heads, 3, self.head_dim)
@@ -110,8 +114,7 @@ class SelfAttention(nn.Module):
             context = self.backend(q, k, v, self.alibi_slopes, segment_ids,
                                    is_inputs if self.prefix_lm else None, dropout_p)
         context = context.transpose(1, 2).reshape(batch, seq, self.local_heads * self.head_dim)
-        output, _ = self.dense(context)
-        return output
+        return self.dense(context)
 
 
 class MLP(nn.Module):
@@ -120,16 +123,17 @@ class MLP(nn.Module):
         self.dense_h_to_4h = tensor_parallel.ColumnParallelLinear(
             config.hidden_size, 4 * config.hidden_size, config=parallel,
             init_method=normal_init(config.init_method_std), bias=True, gather_output=False,
+            skip_bias_add=True,
         )
         self.dense_4h_to_h = tensor_parallel.RowParallelLinear(
             4 * config.hidden_size, config.hidden_size, config=parallel, init_method=output_init(config),
-            bias=True, input_is_parallel=True, skip_bias_add=False,
+            bias=True, input_is_parallel=True, skip_bias_add=True,
         )
+        self.bias_gelu = fused(bias_gelu) if config.bias_gelu_fusion else bias_gelu
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        intermediate, _ = self.dense_h_to_4h(hidden)
-        output, _ = self.dense_4h_to_h(F.gelu(intermediate, approximate="tanh"))
-        return output
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output projection and its bias, not yet added."""
+        return self.dense_4h_to_h(self.bias_gelu(*self.dense_h_to_4h(hidden)))
 
 
 class BloomBlock(nn.Module):
@@ -143,12 +147,13 @@ class BloomBlock(nn.Module):
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, dtype=dtype)
         self.mlp = MLP(config, parallel)
         self.hidden_dropout = config.hidden_dropout
+        self.bias_dropout_add = fused(bias_dropout_add) if config.bias_dropout_fusion else bias_dropout_add
 
     def forward(self, hidden: torch.Tensor, segment_ids: torch.Tensor, is_inputs: torch.Tensor | None = None) -> torch.Tensor:
-        attention = self.self_attention(self.input_layernorm(hidden), segment_ids, is_inputs)
-        hidden = hidden + F.dropout(attention, self.hidden_dropout, self.training)
-        mlp = self.mlp(self.post_attention_layernorm(hidden))
-        return hidden + F.dropout(mlp, self.hidden_dropout, self.training)
+        attention, bias = self.self_attention(self.input_layernorm(hidden), segment_ids, is_inputs)
+        hidden = self.bias_dropout_add(attention, bias, hidden, self.hidden_dropout, self.training)
+        mlp, bias = self.mlp(self.post_attention_layernorm(hidden))
+        return self.bias_dropout_add(mlp, bias, hidden, self.hidden_dropout, self.training)
 
 
 def final_layernorm(config: BloomModelConfig, parallel: ModelParallelConfig) -> nn.LayerNorm:

@@ -51,6 +51,8 @@ class ModelArgs:
     tokenizer: str
     attention_backend: str  # "reference" or "flex"
     lm_head_loss: str  # "reference" or "chunked"
+    bias_gelu_fusion: bool
+    bias_dropout_fusion: bool
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--lm-head-loss", choices=["auto", "reference", "chunked"], default="auto",
                        help="chunked: LM head + cross entropy over the target tokens in chunks, never holding "
                             "the logits; reference: full logits; auto: chunked on GPUs")
+    for name, what in (("gelu", "bias + GeLU"), ("dropout", "bias + dropout + residual")):
+        model.add_argument(f"--bias-{name}-fusion", action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{what} as one torch.compile'd kernel (default: on GPUs)")
     model.add_argument("--tokenizer-type", choices=["PretrainedFromHF"], default="PretrainedFromHF")
     model.add_argument("--tokenizer-name-or-path", required=True, help="a local HF tokenizer folder")
 
@@ -297,6 +302,8 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
         raise ConfigError(f"--attention-backend flex has no attention dropout: pass --attention-dropout 0 "
                           f"(not {args.attention_dropout}) or --attention-backend reference")
     lm_head_loss = args.lm_head_loss if args.lm_head_loss != "auto" else ("chunked" if gpu else "reference")
+    bias_gelu_fusion, bias_dropout_fusion = (gpu if flag is None else flag
+                                             for flag in (args.bias_gelu_fusion, args.bias_dropout_fusion))
     shape = (args.num_layers, args.hidden_size, args.num_attention_heads)
     if args.load is None and None in shape:
         raise ConfigError("without --load, give --num-layers, --hidden-size and --num-attention-heads")
@@ -328,7 +335,8 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
         model=ModelArgs(args.num_layers, args.hidden_size, args.num_attention_heads, args.init_method_std,
                         args.hidden_dropout, args.attention_dropout, args.make_vocab_size_divisible_by,
                         args.pad_vocab_size_to, args.checkpoint_activations, args.prefix_lm,
-                        args.tokenizer_name_or_path, attention_backend, lm_head_loss),
+                        args.tokenizer_name_or_path, attention_backend, lm_head_loss, bias_gelu_fusion,
+                        bias_dropout_fusion),
         parallel=ParallelArgs(tp, pp, dp, zero_stage, args.pp_partition_method, args.distributed_timeout_minutes,
                               args.distributed_backend),
         batch=BatchArgs(micro, global_batch, global_batch // (micro * dp), train_samples, args.num_workers),

@@ -122,6 +122,10 @@ def _count(n: float) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
 
 
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
 def describe(train: TrainConfig, plan: LoadPlan, config: BloomModelConfig) -> str:
     """The dry run's report."""
     par, batch = train.parallel, train.batch
@@ -139,9 +143,10 @@ def describe(train: TrainConfig, plan: LoadPlan, config: BloomModelConfig) -> st
         f"model: {config.num_layers} layers, hidden {config.hidden_size}, {config.num_heads} heads, "
         f"vocabulary {config.vocab_size}: {_count(total)} parameters",
         f"precision {train.precision}, ZeRO-{par.zero_stage}, attention {config.attention_backend}, "
-        f"LM head loss {config.lm_head_loss}, "
+        f"LM head loss {config.lm_head_loss}, compiled bias + GeLU {_on(config.bias_gelu_fusion)}, "
+        f"bias + dropout + residual {_on(config.bias_dropout_fusion)}, "
         f"{'PipelineModule' if train.parallel.uses_pipeline else 'whole model on every GPU'}, activation "
-        f"recomputation {'on' if train.model.checkpoint_activations else 'off'}",
+        f"recomputation {_on(train.model.checkpoint_activations)}",
         f"starts from: {start}",
         "data:",
         *(f"  {data_summary(group)}" for group in [train.data.train, *train.data.valid]),

@@ -87,7 +87,8 @@ def model_config(train: TrainConfig, plan: LoadPlan, vocab_size: int, eod: int, 
     tp = train.parallel.tensor
     options = {"hidden_dropout": args.hidden_dropout, "attention_dropout": args.attention_dropout,
                "prefix_lm": args.prefix_lm, "attention_backend": args.attention_backend,
-               "lm_head_loss": args.lm_head_loss}
+               "lm_head_loss": args.lm_head_loss, "bias_gelu_fusion": args.bias_gelu_fusion,
+               "bias_dropout_fusion": args.bias_dropout_fusion}
     if plan.kind == "scratch":
         vocab = padded_vocab_size(vocab_size, tp, args.make_vocab_size_divisible_by, args.pad_vocab_size_to)
         config = BloomModelConfig(vocab, args.hidden_size, args.num_layers, args.num_heads,
