@@ -9,11 +9,11 @@ BLOOM shapes on packed rows of xP3-like pairs, in three versions on the same pai
       the longest: what a user of the plain HF trainer gets.
 
 Reported per version: tokens/s (real tokens, no padding), target tokens/s, model TFLOPs per
-device and MFU (formula printed; peaks of known GPUs), peak memory; then the ratios against (c)
-and (b). Then the LM head + loss alone (forward + backward): time and the peak memory above its
-inputs, chunked vs full logits. Then attention alone, forward + backward, against the sequence
-length: flex vs the materialised path. Counted model FLOPs are those of the real tokens (packing waste and padding
-are not work).
+device and MFU (formula printed; peaks of known GPUs), peak memory (the GPU's allocator, or the
+process's resident memory on a CPU); then the ratios against (c) and (b). Then the LM head + loss
+alone (`bench/lm_head.py`). Then attention alone, forward + backward, against the sequence length:
+flex vs the materialised path. Counted model FLOPs are those of the real tokens (packing waste and
+padding are not work).
 
     python bench/train_step.py --model 560m --model 1b7           # on a GPU, bf16
     python bench/train_step.py --model tiny --steps 2 --dtype fp32  # a CPU smoke run
@@ -24,18 +24,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
+from harness import packed_pairs, timed
+from lm_head import bench_lm_head
 from transformers import BloomConfig, BloomForCausalLM
 
 from megatron.data.batch import loss_weights
-from megatron.data.demo_corpus import xp3_like_pair_lengths
 from megatron.model.alibi import alibi_slopes
 from megatron.model.attention import flex_attention, reference_attention
-from megatron.model.bloom import BloomModel, head_and_loss
+from megatron.model.bloom import BloomModel
 from megatron.model.config import BloomModelConfig
 from megatron.model.parallel import initialize_parallel, model_parallel_config
 from megatron.train.metrics import FLOPS_FORMULA, model_flops_per_token, peak_tflops
@@ -49,32 +48,6 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 VERSIONS = ("(a) ours, fused", "(b) ours, reference path", "(c) transformers, padded")
 
 
-def packed_pairs(rows: int, seq: int, vocab: int, seed: int) -> tuple[dict[str, torch.Tensor], list[tuple[int, int]]]:
-    """`rows` packed rows of `seq + 1` tokens filled first-fit with xP3-like pairs (inputs cut to
-    half a row), and those pairs' (input, target) lengths."""
-    inputs, targets = xp3_like_pair_lengths(rows * seq, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(4, vocab, (rows, seq + 1), generator=g)
-    segments = torch.zeros(rows, seq + 1, dtype=torch.long)
-    mask = torch.zeros(rows, seq + 1)
-    pairs, k = [], 0
-    for row in range(rows):
-        used, segment, misses = 0, 1, 0
-        while misses < 20:  # a pair that does not fit is passed over; 20 in a row close the row
-            i, t = int(min(inputs[k], seq // 2)), int(max(1, min(targets[k], seq // 4)))
-            k += 1
-            if used + i + t > seq + 1:
-                misses += 1
-                continue
-            segments[row, used:used + i + t] = segment
-            mask[row, used + i - 1:used + i + t - 1] = 1  # predict the target tokens
-            pairs.append((i, t))
-            used, segment = used + i + t, segment + 1
-    batch = {"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "segment_ids": segments[:, :-1],
-             "loss_mask": mask[:, :-1]}
-    return batch, pairs
-
-
 def padded_pairs(pairs: list[tuple[int, int]], vocab: int, seed: int) -> dict[str, torch.Tensor]:
     """The same pairs one per row for transformers: right-padded, labels -100 outside targets."""
     longest = max(i + t for i, t in pairs)
@@ -86,27 +59,6 @@ def padded_pairs(pairs: list[tuple[int, int]], vocab: int, seed: int) -> dict[st
         attention[row, :i + t] = 1
         labels[row, i:i + t] = ids[row, i:i + t]
     return {"input_ids": ids, "attention_mask": attention, "labels": labels}
-
-
-def timed(step, steps: int, device: str, baseline: bool = False) -> tuple[float, float]:
-    """Seconds per step (median after two warm-up steps) and peak memory in GiB (GPU only;
-    with `baseline`, above what was allocated before the step)."""
-    for _ in range(2):
-        step()
-    before = 0
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated() if baseline else 0
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    memory = (torch.cuda.max_memory_allocated() - before) / 2**30 if device == "cuda" else float("nan")
-    return float(np.median(times)), memory
 
 
 def ours_step(config: BloomModelConfig, dtype: torch.dtype, device: str, batch: dict[str, torch.Tensor]):
@@ -173,32 +125,7 @@ def bench_model(name: str, dtype_name: str, steps: int, seq: int, device: str) -
     for version, against in ((fused, hf), (reference, hf), (fused, reference)):
         if version in results and against in results:
             print(f"{version} / {against}: target tokens/s x{results[version][1] / results[against][1]:.2f}")
-    bench_lm_head(hidden, vocab, batch, dtype, device)
-
-
-def bench_lm_head(hidden: int, vocab: int, batch: dict[str, torch.Tensor], dtype: torch.dtype, device: str) -> None:
-    """The LM head + loss of one micro-batch alone, forward + backward: chunked vs full logits."""
-    rows, seq = batch["tokens"].shape
-    g = torch.Generator().manual_seed(0)
-    states = (torch.randn(rows, seq, hidden, generator=g) * 0.5).to(device, dtype).requires_grad_()
-    weight = (torch.randn(vocab, hidden, generator=g) * 0.02).to(device, dtype).requires_grad_()
-    targets = {k: batch[k].to(device) for k in ("labels", "loss_mask", "segment_ids")}
-    print(f"LM head + loss alone (forward + backward), {rows} x {seq} tokens, vocabulary {vocab}:")
-    measured = {}
-    for method in ("chunked", "reference"):
-        def step(method=method):
-            loss = head_and_loss(states, weight, targets["labels"], targets["loss_mask"], targets["segment_ids"],
-                                 True, method)
-            torch.autograd.grad(loss, (states, weight))
-        try:
-            seconds, peak = timed(step, 5, device, baseline=True)
-        except torch.OutOfMemoryError:
-            print(f"  {method:<10} out of memory")
-            continue
-        measured[method] = peak
-        print(f"  {method:<10} {seconds * 1e3:9.1f} ms  peak above inputs {peak:6.2f} GiB")
-    if device == "cuda" and len(measured) == 2:
-        print(f"  peak memory chunked / reference: {measured['chunked'] / measured['reference']:.2f}")
+    bench_lm_head(hidden, vocab, batch, dtype, device, steps=5, warmup=2)
 
 
 def bench_attention(seq_lengths: list[int], dtype: torch.dtype, device: str, heads: int = 16,

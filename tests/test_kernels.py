@@ -1,7 +1,7 @@
 """Each fused kernel against the reference path it replaces: the chunked LM head + vocab-parallel
 cross entropy at TP=1 and TP=2 (two gloo processes), loss and gradients; FlexAttention (ALiBi,
 packed causal, prefix LM) forward on CPU, forward and backward on a GPU; the compiled bias + GeLU
-and bias + dropout + residual, alone and in a whole model (CPU, and bf16 on a GPU)."""
+and bias + dropout + residual, alone and in a whole model (CPU; also bf16 and fp16 on a GPU)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,21 @@ def test_chunked_lm_head_loss_matches_the_reference_at_tp1():
     assert max(differences.values()) < 1e-5, differences
 
 
+def test_chunked_lm_head_loss_scales_its_gradients_by_the_loss_scale_once():
+    """A scaled loss (loss scale, 1 / accumulation steps) scales the gradients formed in the
+    forward; they are handed over in place, so a second backward through the same loss is refused."""
+    hidden, weight, labels, segment_ids, loss_mask = _lm_head_case()
+    weights = loss_weights(loss_mask, segment_ids, False)
+    leaves = [hidden.requires_grad_(), weight.requires_grad_()]
+    plain = torch.autograd.grad(lm_head_loss(hidden, weight, labels, weights), leaves)
+    loss = lm_head_loss(hidden, weight, labels, weights) * 3
+    scaled = torch.autograd.grad(loss, leaves, retain_graph=True)
+    for a, b in zip(scaled, plain):
+        torch.testing.assert_close(a, 3 * b)
+    with pytest.raises(RuntimeError, match="second backward"):
+        torch.autograd.grad(loss, leaves)
+
+
 @pytest.mark.slow
 def test_chunked_lm_head_loss_matches_the_reference_at_tp2(tmp_path):
     out = str(tmp_path / "differences")
@@ -93,12 +108,19 @@ def test_chunked_lm_head_loss_skips_tokens_without_weight_and_keeps_no_graph_in_
         assert lm_head_loss(changed, weight, labels, weights) == loss
 
 
+# (dtype, tolerance): fp32 everywhere; the half precisions training uses where they run fast
+HALF = [(torch.bfloat16, 2e-2), (torch.float16, 5e-3)] if DEVICE == "cuda" else []
+PRECISIONS = [(torch.float32, 1e-5), *HALF]
+
+
+@pytest.mark.parametrize("dtype,tolerance", PRECISIONS)
 @pytest.mark.parametrize("prefix_lm", [False, True])
-def test_flex_attention_matches_the_reference(prefix_lm):
-    """Forward on CPU (FlexAttention has no CPU backward); forward and backward on a GPU."""
+def test_flex_attention_matches_the_reference(prefix_lm, dtype, tolerance):
+    """Forward on CPU (FlexAttention has no CPU backward); forward and backward on a GPU, where
+    half-precision inputs are compared with the reference computed in fp32 from the same values."""
     g = torch.Generator().manual_seed(0)
     batch, heads, seq, head_dim = 2, 4, 200, 16
-    q, k, v = (torch.randn(batch, heads, seq, head_dim, generator=g).to(DEVICE) for _ in range(3))
+    q, k, v = (torch.randn(batch, heads, seq, head_dim, generator=g).to(DEVICE, dtype) for _ in range(3))
     segment_ids = torch.tensor([[1] * 70 + [2] * 90 + [0] * 40, [1] * 150 + [2] * 50], device=DEVICE)
     is_inputs = (torch.arange(seq, device=DEVICE) % 50 < 20).expand(batch, seq) if prefix_lm else None
     slopes = alibi_slopes(heads)
@@ -106,13 +128,16 @@ def test_flex_attention_matches_the_reference(prefix_lm):
         for t in (q, k, v):
             t.requires_grad_()
     flex = flex_attention(q, k, v, slopes, segment_ids, is_inputs)
-    reference = reference_attention(q, k, v, slopes, segment_ids, is_inputs)
+    reference = reference_attention(*(t.float() for t in (q, k, v)), slopes, segment_ids, is_inputs)
     keep = segment_ids > 0  # padding queries' outputs are never used
-    torch.testing.assert_close(flex.transpose(1, 2)[keep], reference.transpose(1, 2)[keep], rtol=1e-4, atol=1e-5)
+    atol = max(tolerance, 1e-5)
+    torch.testing.assert_close(flex.transpose(1, 2)[keep].float(), reference.transpose(1, 2)[keep],
+                               rtol=max(tolerance, 1e-4), atol=atol)
     if DEVICE == "cuda":
-        grad = torch.randn_like(flex)
-        for a, b in zip(torch.autograd.grad(flex, (q, k, v), grad), torch.autograd.grad(reference, (q, k, v), grad)):
-            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+        grad = torch.randn(flex.shape, device=DEVICE)
+        for a, b in zip(torch.autograd.grad(flex, (q, k, v), grad.to(dtype)),
+                        torch.autograd.grad(reference, (q, k, v), grad)):
+            torch.testing.assert_close(a.float(), b.float(), rtol=max(tolerance, 1e-3), atol=max(tolerance, 1e-4))
 
 
 def test_flex_attention_rebuilds_its_block_mask_for_changed_segments():
@@ -141,10 +166,6 @@ def test_flex_attention_compiles_once_for_new_micro_batches():
     with torch._dynamo.config.patch(error_on_recompile=True):
         for split in (60, 130, 200):
             call(split)
-
-
-# (dtype, tolerance): fp32 everywhere, and bf16 where the fused path is meant to run
-PRECISIONS = [(torch.float32, 1e-5)] + ([(torch.bfloat16, 2e-2)] if DEVICE == "cuda" else [])
 
 
 def _leaves(*shapes, dtype, seed=0):
@@ -181,13 +202,12 @@ def test_compiled_bias_dropout_add_matches_the_reference(dtype, tolerance):
     output = fused(bias_dropout_add)(x, bias, residual, p, True)
     torch.manual_seed(5)
     assert torch.equal(fused(bias_dropout_add)(x, bias, residual, p, True), output)
-    branch = (output - residual).detach().float()
-    kept = branch != 0
-    assert abs(1 - kept.float().mean().item() - p) < 0.03
-    scaled = ((x + bias) / (1 - p)).detach().float()
-    torch.testing.assert_close(branch[kept], scaled[kept], rtol=tolerance, atol=tolerance)
     x_grad, bias_grad, residual_grad = torch.autograd.grad(output.sum(), inputs)
+    kept = (x_grad != 0).float()
+    assert abs(1 - kept.mean().item() - p) < 0.03
     torch.testing.assert_close(x_grad.float(), kept / (1 - p), rtol=tolerance, atol=tolerance)
+    expected = residual.float() + kept / (1 - p) * (x.float() + bias.float())
+    torch.testing.assert_close(output.float(), expected, rtol=tolerance, atol=tolerance)
     torch.testing.assert_close(bias_grad.float(), (kept / (1 - p)).sum(dim=(0, 1)), rtol=tolerance, atol=tolerance * 256)
     assert torch.equal(residual_grad, torch.ones_like(residual))
 

@@ -9,7 +9,7 @@ tensor-parallel rank's vocabulary slice of the tied embedding.
   plus their gradient.
 - Gradients are computed in the forward pass, chunk by chunk (w * (softmax - one-hot), cast to
   the weight's dtype, times the weight or the hidden states; the weight's gradient accumulated
-  across chunks in its own dtype), and only scaled in the backward; the max, sum of exponentials
+  across chunks in its own dtype), and only scaled, in place, in the backward; the max, sum of exponentials
   and target logit are all-reduced over the tensor-parallel group as in Megatron's
   vocab-parallel cross entropy, and the hidden states' gradient once at the end.
 
@@ -65,13 +65,22 @@ class _LMHeadLoss(torch.autograd.Function):
                 grad_weight.addmm_(grad_logits.t(), h)
         if with_grads:
             _all_reduce(grad_hidden, dist.ReduceOp.SUM, group)
-            ctx.save_for_backward(grad_hidden, grad_weight)
+        # kept on ctx, not saved for backward: the backward hands them over as the only reference
+        ctx.grads = (grad_hidden, grad_weight)
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_total, grad_weight * grad_total, None, None, None, None, None, None
+        if ctx.grads is None:
+            raise RuntimeError("lm_head_loss: a second backward pass through the same loss is not supported")
+        grad_hidden, grad_weight = ctx.grads
+        ctx.grads = None
+        # scaled in place (the loss scale, 1 / accumulation steps): a copy of the weight's gradient,
+        # [vocab / tp, hidden], would double the largest buffer here; handed over without a
+        # reference left, autograd can take it as the weight's .grad without copying either
+        grad_hidden.mul_(grad_total)
+        grad_weight.mul_(grad_total)
+        return grad_hidden, grad_weight, None, None, None, None, None, None
 
 
 def lm_head_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
