@@ -1,9 +1,10 @@
-"""What the step benchmarks share: packed rows of xP3-like pairs, and a timer that also reports
-peak memory (the GPU's allocator, or on Linux CPUs the process's resident-set high-water mark,
-reset before measuring through `/proc/self/clear_refs`)."""
+"""What the step benchmarks share: their one-process start, packed rows of xP3-like pairs, and a
+timer that also reports peak memory (the GPU's allocator, or on Linux CPUs the process's
+resident-set high-water mark, reset before measuring through `/proc/self/clear_refs`)."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -11,6 +12,20 @@ import numpy as np
 import torch
 
 from megatron.data.demo_corpus import xp3_like_pair_lengths
+from megatron.model.parallel import initialize_parallel
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def start_one_process(default_port: int) -> str:
+    """A one-process group (NCCL on a GPU, gloo on CPU; `MASTER_PORT` overrides the port), the
+    device line printed; the device benchmarks run on."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", str(default_port)),
+                      RANK="0", WORLD_SIZE="1")
+    initialize_parallel(1, 1)
+    print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}; torch {torch.__version__}")
+    return device
 
 
 def packed_pairs(rows: int, seq: int, vocab: int, seed: int) -> tuple[dict[str, torch.Tensor], list[tuple[int, int]]]:

@@ -13,16 +13,12 @@ logits and the loss themselves hold); and the ratios chunked / reference.
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 import torch.distributed as dist
-from harness import packed_pairs, timed
+from harness import DTYPES, packed_pairs, start_one_process, timed
 
 from megatron.model.bloom import head_and_loss
-from megatron.model.parallel import initialize_parallel
-
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def bench_lm_head(hidden: int, vocab: int, batch: dict[str, torch.Tensor], dtype: torch.dtype, device: str,
@@ -69,11 +65,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29512"), RANK="0",
-                      WORLD_SIZE="1")
-    initialize_parallel(1, 1)
-    print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}; torch {torch.__version__}")
+    device = start_one_process(default_port=29512)
     batch, _ = packed_pairs(args.rows, args.seq_length, args.vocab_size, seed=0)
     bench_lm_head(args.hidden_size, args.vocab_size, batch, DTYPES[args.dtype], device, args.steps, args.warmup)
     dist.destroy_process_group()

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 
 import torch
 import torch.distributed as dist
-from harness import packed_pairs, timed
+from harness import DTYPES, packed_pairs, start_one_process, timed
 from lm_head import bench_lm_head
 from transformers import BloomConfig, BloomForCausalLM
 
@@ -36,7 +35,7 @@ from megatron.model.alibi import alibi_slopes
 from megatron.model.attention import flex_attention, reference_attention
 from megatron.model.bloom import BloomModel
 from megatron.model.config import BloomModelConfig
-from megatron.model.parallel import initialize_parallel, model_parallel_config
+from megatron.model.parallel import model_parallel_config
 from megatron.train.metrics import FLOPS_FORMULA, model_flops_per_token, peak_tflops
 
 SHAPES = {  # name -> (layers, hidden, heads, vocabulary, micro-batch rows)
@@ -44,7 +43,6 @@ SHAPES = {  # name -> (layers, hidden, heads, vocabulary, micro-batch rows)
     "1b7": (24, 2048, 16, 250880, 2),
     "tiny": (2, 64, 4, 1024, 2),
 }
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 VERSIONS = ("(a) ours, fused", "(b) ours, reference path", "(c) transformers, padded")
 
 
@@ -98,10 +96,10 @@ def bench_model(name: str, dtype_name: str, steps: int, seq: int, device: str) -
     base = BloomModelConfig(vocab, hidden, layers, heads)
     flops = model_flops_per_token(base, seq) * real_tokens
     peak = peak_tflops(dtype_name)
-    fused = dataclasses.replace(base, attention_backend="flex" if device == "cuda" else "reference",
-                                lm_head_loss="chunked", bias_gelu_fusion=True, bias_dropout_fusion=True)
+    fused_config = dataclasses.replace(base, attention_backend="flex" if device == "cuda" else "reference",
+                                       lm_head_loss="chunked", bias_gelu_fusion=True, bias_dropout_fusion=True)
     versions = {
-        VERSIONS[0]: lambda: ours_step(fused, dtype, device, batch),
+        VERSIONS[0]: lambda: ours_step(fused_config, dtype, device, batch),
         VERSIONS[1]: lambda: ours_step(base, dtype, device, batch),
         VERSIONS[2]: lambda: hf_step(shape, dtype, device, padded_pairs(pairs, vocab, seed=0)),
     }
@@ -125,7 +123,7 @@ def bench_model(name: str, dtype_name: str, steps: int, seq: int, device: str) -
     for version, against in ((fused, hf), (reference, hf), (fused, reference)):
         if version in results and against in results:
             print(f"{version} / {against}: target tokens/s x{results[version][1] / results[against][1]:.2f}")
-    bench_lm_head(hidden, vocab, batch, dtype, device, steps=5, warmup=2)
+    bench_lm_head(hidden, vocab, batch, dtype, device, steps, warmup=2)
 
 
 def bench_attention(seq_lengths: list[int], dtype: torch.dtype, device: str, heads: int = 16,
@@ -158,12 +156,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--attention-seq-lengths", type=int, nargs="*", default=[512, 1024, 2048, 4096, 8192])
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29511"), RANK="0",
-                      WORLD_SIZE="1")
-    initialize_parallel(1, 1)  # one process: NCCL on a GPU, gloo on CPU
-    print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}; torch {torch.__version__}; "
-          f"model FLOPs per token: {FLOPS_FORMULA}")
+    device = start_one_process(default_port=29511)
+    print(f"model FLOPs per token: {FLOPS_FORMULA}")
     for name in args.model or ["560m", "1b7"]:
         bench_model(name, args.dtype, args.steps, args.seq_length, device)
     if device == "cuda" and args.attention_seq_lengths:

@@ -11,6 +11,7 @@ working, but not the same masks as the eager reference.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -28,12 +29,8 @@ def bias_dropout_add(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor
     return residual + F.dropout(x + bias, p, training)
 
 
-_compiled: dict[Callable, Callable] = {}
-
-
+@functools.cache
 def fused(function: Callable) -> Callable:
     """`function` compiled by `torch.compile` (compilation happens at the first call), one
     compiled twin per function and process."""
-    if function not in _compiled:
-        _compiled[function] = torch.compile(function)
-    return _compiled[function]
+    return torch.compile(function)

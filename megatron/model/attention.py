@@ -13,6 +13,7 @@ never used by the loss.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable
 
@@ -80,26 +81,28 @@ def _block_mask(segment_ids: torch.Tensor, is_inputs: torch.Tensor | None):
 
 
 _block_masks = _BlockMasks()
-_compiled_flex_attention = None
+
+
+@functools.cache
+def _compiled_flex_attention() -> Callable:
+    """FlexAttention compiled once per process (compilation happens at its first call)."""
+    from torch.nn.attention.flex_attention import flex_attention as flex
+
+    return torch.compile(flex, dynamic=False)
 
 
 def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor, segment_ids: torch.Tensor,
                    is_inputs: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
     """The `reference_attention` interface on FlexAttention (see the module docstring)."""
-    global _compiled_flex_attention
-    from torch.nn.attention import flex_attention as flex
-
     if dropout_p:
         raise ValueError("the flex attention backend has no attention dropout: use --attention-dropout 0 "
                          "or --attention-backend reference")
-    if _compiled_flex_attention is None:
-        _compiled_flex_attention = torch.compile(flex.flex_attention, dynamic=False)
     slopes = slopes.to(device=q.device, dtype=torch.float32)
 
     def alibi(score, b, h, q_index, k_index):
         return score + slopes[h] * (k_index - q_index)
 
-    return _compiled_flex_attention(q, k, v, score_mod=alibi, block_mask=_block_masks.get(segment_ids, is_inputs))
+    return _compiled_flex_attention()(q, k, v, score_mod=alibi, block_mask=_block_masks.get(segment_ids, is_inputs))
 
 
 BACKENDS: dict[str, Callable[..., torch.Tensor]] = {"reference": reference_attention, "flex": flex_attention}
