@@ -22,32 +22,36 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from megatron.checkpoint.layer_files import CheckpointReader
+from megatron.checkpoint.metadata import CheckpointMetadata
 from megatron.data.mtf_datasets import build_group
 from megatron.data.tokenizer import HFTokenizer
-from megatron.model.hf_conversion import checkpoint_meta
-from megatron.model.parallel import default_backend, initialize_parallel
-from megatron.model.random import seed_everything
-from megatron.train.arguments import TrainConfig, parse_config
-from megatron.train.checkpointing import load_weights, resume
-from megatron.train.engine import TrainingEngine, build_module
+from megatron.models import get_model_spec
+from megatron.models.spec import ModelSpec
+from megatron.train.arguments import parse_config
+from megatron.train.checkpointing import resume
+from megatron.train.config import TrainConfig
+from megatron.train.distributed import default_backend, initialize_parallel, seed_everything
+from megatron.train.engine import TrainingEngine, build_module, load_weights
 from megatron.train.errors import ConfigError
-from megatron.train.launch_plan import describe
 from megatron.train.heartbeat import Heartbeat
+from megatron.train.launch_plan import describe
+from megatron.train.load_plan import LoadPlan, plan_load, run_metadata
 from megatron.train.loop import NonFiniteLoss, Trainer, log
-from megatron.train.metrics import model_flops_per_token
-from megatron.train.model_source import LoadPlan, Progress, model_config, plan_load
+from megatron.train.progress import TrainingProgress
 
 
-def prepare(argv: list[str] | None) -> tuple[TrainConfig, LoadPlan, object, dict, HFTokenizer]:
+def prepare(argv: list[str] | None) -> tuple[TrainConfig, ModelSpec, LoadPlan, CheckpointMetadata, HFTokenizer]:
     """Everything that can fail on flags or files, before any process group or model exists."""
     train = parse_config(argv)
+    spec = get_model_spec()
     try:
         tokenizer = HFTokenizer(train.model.tokenizer)
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(f"--tokenizer-name-or-path: {error}") from None
     plan = plan_load(train)
-    config, hf_config = model_config(train, plan, tokenizer.vocab_size, tokenizer.eod, tokenizer.pad)
-    return train, plan, config, hf_config, tokenizer
+    meta = run_metadata(train, spec, plan, tokenizer.vocab_size, tokenizer.eod, tokenizer.pad)
+    return train, spec, plan, meta, tokenizer
 
 
 def start_distributed(train: TrainConfig) -> None:
@@ -61,13 +65,14 @@ def start_distributed(train: TrainConfig) -> None:
     initialize_parallel(train.parallel.tensor, train.parallel.pipeline, timeout)
 
 
-def train_from(train: TrainConfig, plan: LoadPlan, config, hf_config: dict, tokenizer: HFTokenizer,
-               progress: Progress) -> int:
+def train_from(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, meta: CheckpointMetadata,
+               tokenizer: HFTokenizer, progress: TrainingProgress) -> int:
     """Build, load, train and save on the started process groups; the exit status."""
-    module = build_module(train, config)
+    config = meta.model
+    module = build_module(train, spec, config)
     if plan.kind == "weights":
-        load_weights(module, plan, train.parallel.uses_pipeline)
-    engine = TrainingEngine(train, module)
+        load_weights(module, spec, CheckpointReader(plan.folder, spec, plan.tag).layer, train.parallel.uses_pipeline)
+    engine = TrainingEngine(train, spec, module)
     seed_everything(train.seed, parallel_state.get_tensor_model_parallel_rank(),
                     parallel_state.get_pipeline_model_parallel_rank())
     if plan.kind == "resume":
@@ -83,34 +88,30 @@ def train_from(train: TrainConfig, plan: LoadPlan, config, hf_config: dict, toke
     valid_data = {group.name: build_group(group, packing, eval_samples, tokenizer.pad, train.data.cache_path)
                   for group in train.data.valid} if train.logging.eval_iters > 0 else {}
 
-    meta = checkpoint_meta(config, hf_config, train.parallel.tensor, train.parallel.pipeline)
-    trainer = Trainer(train, engine, train_data, valid_data, progress,
-                      model_flops_per_token(config, train.data.seq_length), meta)
+    trainer = Trainer(train, engine, train_data, valid_data, progress, meta)
     try:
         trainer.run()
     except NonFiniteLoss as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    finally:
-        trainer.tensorboard.close()
     dist.barrier()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        train, plan, config, hf_config, tokenizer = prepare(argv)
+        train, spec, plan, meta, tokenizer = prepare(argv)
         if train.dry_run:
-            print(describe(train, plan, config))
+            print(describe(train, spec, plan, meta.model))
             return 0
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     start_distributed(train)
-    progress = plan.progress or Progress()
+    progress = plan.progress or TrainingProgress()
     heartbeat = Heartbeat(lambda: progress.iteration)
     try:
-        status = train_from(train, plan, config, hf_config, tokenizer, progress)
+        status = train_from(train, spec, plan, meta, tokenizer, progress)
     except Exception as error:  # most often a collective that failed or timed out: say who is missing
         print(f"error: rank {heartbeat.rank} (host {heartbeat.host}) stopped at iteration {progress.iteration}: "
               f"{str(error).splitlines()[0] if str(error) else type(error).__name__}; {heartbeat.silent_ranks()}",

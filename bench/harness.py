@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megatron.data.demo_corpus import xp3_like_pair_lengths
-from megatron.model.parallel import initialize_parallel
+from synthetic.corpus import xp3_like_pair_lengths
+from megatron.train.distributed import initialize_parallel
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from harness import DTYPES, packed_pairs, start_one_process, timed
 
-from megatron.model.bloom import head_and_loss
+from megatron.models.common.loss import head_and_loss
 
 
 def bench_lm_head(hidden: int, vocab: int, batch: dict[str, torch.Tensor], dtype: torch.dtype, device: str,

@@ -3,7 +3,7 @@
 strategies, and the time to build the packing index of one epoch (shuffle, pack in C++, shuffle
 rows: `megatron.data.packing.pack_epochs`) for many pairs.
 
-Lengths follow xP3 (`megatron.data.demo_corpus.xp3_like_pair_lengths`): log-normal inputs
+Lengths follow xP3 (`synthetic.corpus.xp3_like_pair_lengths`): log-normal inputs
 (median 100 tokens, sigma 1: a long tail), targets mostly 1-20 tokens (10% longer, up to 200).
 
     python bench/packing.py --pairs 10000000
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from megatron.data.demo_corpus import xp3_like_pair_lengths
+from synthetic.corpus import xp3_like_pair_lengths
 from megatron.data.packing import PackingConfig, pack_epochs, packing_efficiency
 
 

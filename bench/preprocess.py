@@ -31,8 +31,8 @@ KEYS = ("inputs", "targets")
 
 def make_corpus(folder: Path, megabytes: int, vocab_size: int) -> tuple[Path, Path]:
     """A multilingual xP3-like jsonl of at least `megabytes` MB and a BPE tokenizer trained on it."""
-    from megatron.data.demo_corpus import generate_rows
-    from megatron.data.tokenizer_training import train_bpe_tokenizer
+    from synthetic.corpus import generate_rows
+    from synthetic.tokenizer_training import train_bpe_tokenizer
 
     corpus = folder / f"corpus_{megabytes}mb.jsonl"
     tokenizer = folder / f"tokenizer_{vocab_size}"

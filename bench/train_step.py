@@ -30,13 +30,14 @@ from harness import DTYPES, packed_pairs, start_one_process, timed
 from lm_head import bench_lm_head
 from transformers import BloomConfig, BloomForCausalLM
 
-from megatron.data.batch import loss_weights
-from megatron.model.alibi import alibi_slopes
-from megatron.model.attention import flex_attention, reference_attention
-from megatron.model.bloom import BloomModel
-from megatron.model.config import BloomModelConfig
-from megatron.model.parallel import model_parallel_config
-from megatron.train.metrics import FLOPS_FORMULA, model_flops_per_token, peak_tflops
+from megatron.models.common.loss import loss_weights
+from megatron.models.common.alibi import alibi_slopes
+from megatron.models.common.attention import flex_attention, reference_attention
+from megatron.models.bloom.model import BloomModel
+from megatron.models.bloom.config import BloomModelConfig
+from megatron.models.common.parallel_config import model_parallel_config
+from megatron.models.bloom.config import FLOPS_FORMULA, model_flops_per_token
+from megatron.train.metrics import peak_tflops
 
 SHAPES = {  # name -> (layers, hidden, heads, vocabulary, micro-batch rows)
     "560m": (24, 1024, 16, 250880, 4),

@@ -1,26 +1,20 @@
-"""Shared fixtures: the demo corpus and tokenizer (built once per session), the reference data
-written by the original Megatron-DeepSpeed tools, and a runner for the project's CLI tools."""
+"""Session fixtures: the demo corpus and tokenizer (built once per session) and the reference data
+written by the original Megatron-DeepSpeed tools. Shared code lives in `helpers/`."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.paths import REFERENCE_DIR
 
-from megatron.data.demo_corpus import write_jsonl
-from megatron.data.tokenizer_training import train_bpe_tokenizer
+from synthetic.corpus import write_jsonl
+from synthetic.tokenizer_training import train_bpe_tokenizer
 
 if not torch.cuda.is_available():  # DeepSpeed on CPU, also when pytest runs without `make`
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-
-REPO = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = Path(
-    os.environ.get("XP3_REFERENCE_DATA", REPO.parent / "shared" / "reference-data")
-) / "megatron-deepspeed"
 
 
 @pytest.fixture(scope="session")
@@ -39,16 +33,3 @@ def demo_dir(tmp_path_factory) -> Path:
     texts = (line for line in (out / "train.jsonl").read_text(encoding="utf-8").splitlines())
     train_bpe_tokenizer(texts, out / "tokenizer", vocab_size=1024)
     return out
-
-
-def run_tool(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `tools/<script>` as a user would, returning its completed process."""
-    result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / script), *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr}")
-    return result

@@ -14,9 +14,9 @@ import argparse
 import shlex
 import sys
 
-from megatron.data.atomic_files import write_atomically
 from megatron.data.indexed_dataset import IndexedDatasetError
 from megatron.data.mixture import measure, train_group, valid_groups
+from megatron.utils.atomic_files import write_atomically
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

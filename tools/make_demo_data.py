@@ -8,8 +8,8 @@ import argparse
 import itertools
 from pathlib import Path
 
-from megatron.data.demo_corpus import generate_rows, write_jsonl
-from megatron.data.tokenizer_training import train_bpe_tokenizer
+from synthetic.corpus import generate_rows, write_jsonl
+from synthetic.tokenizer_training import train_bpe_tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,15 +9,14 @@ a local tokenizer: the "pretrained" starting point of the CPU demo. Nothing is d
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import torch
 from transformers import BloomConfig, BloomForCausalLM
 
-from megatron.data.atomic_files import atomic_folder
+from megatron.checkpoint.conversion import copy_tokenizer_files
 from megatron.data.tokenizer import HFTokenizer
-from megatron.model.hf_conversion import TOKENIZER_FILES
+from megatron.utils.atomic_files import atomic_folder
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,9 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.output_dir)
     with atomic_folder(out) as tmp:
         BloomForCausalLM(config).save_pretrained(tmp)
-        for name in TOKENIZER_FILES:
-            if (Path(args.tokenizer_dir) / name).is_file():
-                shutil.copy(Path(args.tokenizer_dir) / name, tmp / name)
+        copy_tokenizer_files(args.tokenizer_dir, tmp)
     print(f"wrote {out}: a random {args.num_layers}-layer BLOOM, hidden {args.hidden_size}")
 
 

@@ -8,7 +8,7 @@ import argparse
 import os
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from megatron.data.packing import OVERLONG_POLICIES, STRATEGIES, PackingConfig
 
@@ -29,12 +29,11 @@ class DataGroup:
     datasets: tuple[DatasetRange, ...]
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     seq_length: int
     train: DataGroup | None = None
-    valid: list[DataGroup] = field(default_factory=list)
-    test: list[DataGroup] = field(default_factory=list)
+    valid: tuple[DataGroup, ...] = ()
     strategy: str = "best_fit"
     window: int = 1024
     overlong: str = "skip"
@@ -75,8 +74,9 @@ def read_paths_file(path: str, flag: str) -> list[str]:
         return shlex.split(f.read())
 
 
-def groups_from_data_path(data_path: list[str], split: str) -> tuple[DataGroup, DataGroup, DataGroup]:
-    """`--data-path [W1] P1 [W2 P2 ...]` cut by `--split 95,5,0` into train/valid/test groups."""
+def groups_from_data_path(data_path: list[str], split: str) -> tuple[DataGroup, DataGroup]:
+    """`--data-path [W1] P1 [W2 P2 ...]` cut by `--split 95,5,0` into train and valid groups (the
+    third part, Megatron's test split, is held out and never read)."""
     if len(data_path) == 1:
         weighted = [(1.0, data_path[0])]
     elif len(data_path) % 2 == 0:
@@ -99,7 +99,7 @@ def groups_from_data_path(data_path: list[str], split: str) -> tuple[DataGroup, 
     bounds[-1] = 1.0
     return tuple(
         DataGroup(name, tuple(DatasetRange(w, p, bounds[i], bounds[i + 1]) for w, p in weighted))
-        for i, name in enumerate(("train", "valid", "test"))
+        for i, name in enumerate(("train", "valid"))
     )
 
 
@@ -110,7 +110,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                             "(PREFIX_inputs_document / PREFIX_targets_document), cut by --split")
     group.add_argument("--split", default="969, 30, 1",
                        help="train,valid,test proportions of every --data-path dataset")
-    for kind in ("train", "valid", "test"):
+    for kind in ("train", "valid"):
         group.add_argument(f"--{kind}-weighted-split-paths", nargs="*", default=None,
                            help=f"{kind} groups 'NAME: W START:END PREFIX, ...'"
                                 + (" (one group)" if kind == "train" else " (one or more)"))
@@ -134,7 +134,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def data_config_from_args(args: argparse.Namespace) -> DataConfig:
     groups = {}
-    for kind in ("train", "valid", "test"):
+    for kind in ("train", "valid"):
         texts = getattr(args, f"{kind}_weighted_split_paths")
         path = getattr(args, f"{kind}_weighted_split_paths_path")
         if texts and path:
@@ -151,13 +151,12 @@ def data_config_from_args(args: argparse.Namespace) -> DataConfig:
     if not weighted and not args.data_path:
         raise ValueError("no data: give --data-path or --train-weighted-split-paths")
     if args.data_path:
-        train, valid, test = groups_from_data_path(args.data_path, args.split)
-        groups = {"train": [train], "valid": [valid], "test": [test]}
+        train, valid = groups_from_data_path(args.data_path, args.split)
+        groups = {"train": [train], "valid": [valid]}
     return DataConfig(
         seq_length=args.seq_length,
         train=groups["train"][0] if groups["train"] else None,
-        valid=groups["valid"],
-        test=groups["test"],
+        valid=tuple(groups["valid"]),
         strategy=args.packing_strategy,
         window=args.packing_window,
         overlong=args.overlong_pairs,

@@ -50,10 +50,6 @@ def index_file_path(prefix: str | os.PathLike) -> str:
     return f"{prefix}.idx"
 
 
-def dataset_exists(prefix: str | os.PathLike) -> bool:
-    return os.path.isfile(index_file_path(prefix)) and os.path.isfile(data_file_path(prefix))
-
-
 class IndexedDataset:
     """Read-only, memory-mapped view of the dataset at `prefix` (`prefix.idx` + `prefix.bin`)."""
 
@@ -172,7 +168,8 @@ class IndexedDatasetBuilder:
         self._writer.add_documents(self._tokens(tokens), np.asarray(lengths, dtype=np.int64))
 
     def merge(self, prefix: str | os.PathLike) -> None:
-        """Append the whole dataset at `prefix`, copied in C++ (its dtype must equal ours)."""
+        """Append the whole dataset at `prefix`, copied in C++ (its dtype must equal ours): what
+        megatron-core's builder calls `add_index`, for merging preprocessed shards."""
         for path in (index_file_path(prefix), data_file_path(prefix)):
             if not os.path.isfile(path):
                 raise IndexedDatasetError(f"{path}: file not found")

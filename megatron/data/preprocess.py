@@ -204,7 +204,7 @@ class PreprocessSummary:
         return "\n".join(lines)
 
 
-class Progress:
+class ProgressReporter:
     """A one-line progress report on stderr every `interval` documents."""
 
     def __init__(self, summary: PreprocessSummary, interval: int, stream=sys.stderr):
@@ -236,7 +236,7 @@ def preprocess(config: PreprocessConfig, log=sys.stderr) -> PreprocessSummary:
     files = expand_inputs(config.inputs)
     dtype = np.dtype(best_fitting_dtype(HFTokenizer(config.tokenizer).vocab_size))
     summary = PreprocessSummary()
-    progress = Progress(summary, config.log_interval, log)
+    progress = ProgressReporter(summary, config.log_interval, log)
     with ExitStack() as stack:
         builders = {
             key.name: stack.enter_context(

@@ -1,6 +1,7 @@
 """The flags of `finetune_xp3.py` (Megatron's names, so the BLOOMZ launch scripts run unchanged),
-parsed once into small frozen config groups that are passed explicitly, and checked against the
-world size before any work starts.
+parsed once into the frozen groups of `config.py`, built by keyword, and checked (`validation.py`)
+against the world size before any work starts. Defaults that depend on the machine (`auto`
+backends, fusions on GPUs) are resolved here.
 
 Flags kept only so that those scripts run are listed in `ACCEPTED_ONLY` with what they mean here.
 """
@@ -9,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
 
 import torch
 
-from megatron.data.data_config import DataConfig, add_data_args, data_config_from_args
-from megatron.train.errors import ConfigError
+from megatron.data.data_config import add_data_args, data_config_from_args
+from megatron.train import validation
+from megatron.train.config import (BatchConfig, CheckpointConfig, LoggingConfig, ModelConfig, OptimizerConfig,
+                                   ParallelConfig, TrainConfig)
 from megatron.train.deepspeed_config import read_deepspeed_json
+from megatron.train.errors import ConfigError
 
 
 # Flags of Megatron-DeepSpeed's BLOOMZ scripts that have nothing to do here, and why.
@@ -33,115 +36,12 @@ ACCEPTED_ONLY = {
     "--log-timers-to-tensorboard": "step time is always logged",
     "--log-batch-size-to-tensorboard": "the batch size is always logged",
     "--log-validation-ppl-to-tensorboard": "validation perplexity is always logged",
+    "--test-weighted-split-paths": "there is no test-set evaluation; name held-out groups in "
+                                   "--valid-weighted-split-paths",
+    "--test-weighted-split-paths-path": "as --test-weighted-split-paths",
 }
-
-
-@dataclass(frozen=True)
-class ModelArgs:
-    num_layers: int | None
-    hidden_size: int | None
-    num_heads: int | None
-    init_method_std: float
-    hidden_dropout: float
-    attention_dropout: float
-    make_vocab_size_divisible_by: int
-    pad_vocab_size_to: int | None
-    checkpoint_activations: bool
-    prefix_lm: bool
-    tokenizer: str
-    attention_backend: str  # "reference" or "flex"
-    lm_head_loss: str  # "reference" or "chunked"
-    bias_gelu_fusion: bool
-    bias_dropout_fusion: bool
-
-
-@dataclass(frozen=True)
-class ParallelArgs:
-    tensor: int
-    pipeline: int
-    data: int
-    zero_stage: int
-    partition_method: str
-    timeout_minutes: float
-    backend: str | None  # None: NCCL with GPUs, gloo without
-
-    @property
-    def world_size(self) -> int:
-        return self.tensor * self.pipeline * self.data
-
-    @property
-    def uses_pipeline(self) -> bool:
-        """ZeRO 0/1 run on DeepSpeed's `PipelineModule` (any PP); ZeRO-2/3, which its pipeline
-        engine does not support, on the whole model."""
-        return self.zero_stage <= 1
-
-
-@dataclass(frozen=True)
-class BatchArgs:
-    micro: int
-    global_batch: int
-    gradient_accumulation: int
-    train_samples: int
-    num_workers: int
-
-
-@dataclass(frozen=True)
-class OptimizerArgs:
-    lr: float
-    min_lr: float
-    beta1: float
-    beta2: float
-    eps: float
-    weight_decay: float
-    clip_grad: float
-    decay_style: str
-    warmup_samples: int
-    decay_samples: int
-
-
-@dataclass(frozen=True)
-class CheckpointArgs:
-    save: str | None
-    save_interval: int | None
-    load: str | None
-    no_load_optim: bool
-    no_load_rng: bool
-    reset_progress: bool
-    finetune: bool
-    fallback: bool
-
-
-@dataclass(frozen=True)
-class LoggingArgs:
-    log_interval: int
-    eval_interval: int
-    eval_iters: int
-    tensorboard_dir: str | None
-    exit_interval: int | None
-    exit_duration_minutes: float | None
-    kill_switch_path: str | None
-    exit_signal_handler: bool
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model: ModelArgs
-    parallel: ParallelArgs
-    batch: BatchArgs
-    optimizer: OptimizerArgs
-    checkpoint: CheckpointArgs
-    logging: LoggingArgs
-    data: DataConfig
-    precision: str  # "fp32", "bf16" or "fp16"
-    seed: int
-    norm_target_loss: bool
-    nonfinite_loss: str  # "stop" or "skip"
-    deepspeed_config: str | None
-    dry_run: bool
-
-    @property
-    def train_iters(self) -> int:
-        return self.batch.train_samples // self.batch.global_batch
+TAKES_VALUES = {"--max-position-embeddings": {}, "--tensorboard-queue-size": {},
+                "--test-weighted-split-paths": {"nargs": "*"}, "--test-weighted-split-paths-path": {}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,17 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     accepted = parser.add_argument_group("accepted for Megatron-DeepSpeed scripts, no effect here")
     for flag, reason in ACCEPTED_ONLY.items():
-        takes_value = flag in ("--max-position-embeddings", "--tensorboard-queue-size")
-        accepted.add_argument(flag, help=reason, **({"default": None} if takes_value else {"action": "store_true"}))
+        accepted.add_argument(flag, help=reason, **TAKES_VALUES.get(flag, {"action": "store_true"}))
 
     add_data_args(parser)
     return parser
-
-
-def _samples(iters: int | None, samples: int | None, global_batch: int, name: str) -> int | None:
-    if iters and samples:
-        raise ConfigError(f"give --{name}-iters or --{name}-samples, not both")
-    return iters * global_batch if iters else samples
 
 
 def parse_config(argv: list[str] | None = None, world_size: int | None = None) -> TrainConfig:
@@ -276,88 +169,67 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
     args = build_parser().parse_args(argv)
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
-    if tp < 1 or pp < 1 or world % (tp * pp):
-        raise ConfigError(f"world size {world} is not divisible by --tensor-model-parallel-size {tp} x "
-                          f"--pipeline-model-parallel-size {pp}")
-    dp = world // (tp * pp)
+    dp = validation.data_parallel_size(world, tp, pp)
     micro = args.micro_batch_size
     global_batch = args.global_batch_size or micro * dp
-    if micro < 1 or global_batch % (micro * dp):
-        raise ConfigError(f"--global-batch-size {global_batch} is not divisible by --micro-batch-size "
-                          f"{micro} x data-parallel size {dp} (world {world} / TP {tp} / PP {pp})")
-    train_samples = _samples(args.train_iters, args.train_samples, global_batch, "train")
+    validation.check_global_batch(global_batch, micro, dp, world, tp, pp)
+    train_samples = validation.samples(args.train_iters, args.train_samples, global_batch, "train")
     if not train_samples:
         raise ConfigError("give --train-iters or --train-samples")
-    zero_stage = args.zero_stage if args.zero_stage is not None else _zero_stage_of(args.deepspeed_config)
-    if zero_stage >= 2 and pp > 1:
-        raise ConfigError(f"ZeRO stage {zero_stage} does not work with pipeline parallelism: use "
-                          "--zero-stage 1 (or 0) with --pipeline-model-parallel-size > 1")
-    if args.nonfinite_loss == "skip" and zero_stage == 0 and not args.fp16:
-        raise ConfigError("--nonfinite-loss skip needs ZeRO stage >= 1 or --fp16 (DeepSpeed then "
-                          "skips steps with non-finite gradients)")
+    deepspeed_json = read_deepspeed_json(args.deepspeed_config)
+    zero_stage = args.zero_stage if args.zero_stage is not None else int(
+        deepspeed_json.get("zero_optimization", {}).get("stage", 1))
     gpu = torch.cuda.is_available() or args.distributed_backend == "nccl"  # (a dry run of a GPU launch)
-    attention_backend = args.attention_backend if args.attention_backend != "auto" else (
-        "flex" if gpu and args.attention_dropout == 0 else "reference")
-    if attention_backend == "flex" and args.attention_dropout:
-        raise ConfigError(f"--attention-backend flex has no attention dropout: pass --attention-dropout 0 "
-                          f"(not {args.attention_dropout}) or --attention-backend reference")
-    lm_head_loss = args.lm_head_loss if args.lm_head_loss != "auto" else ("chunked" if gpu else "reference")
-    bias_gelu_fusion, bias_dropout_fusion = (gpu if flag is None else flag
-                                             for flag in (args.bias_gelu_fusion, args.bias_dropout_fusion))
-    shape = (args.num_layers, args.hidden_size, args.num_attention_heads)
-    if args.load is None and None in shape:
-        raise ConfigError("without --load, give --num-layers, --hidden-size and --num-attention-heads")
-    if args.num_attention_heads and args.num_attention_heads % tp:
-        raise ConfigError(f"--tensor-model-parallel-size {tp} does not divide --num-attention-heads "
-                          f"{args.num_attention_heads}")
-    if args.save_interval and not args.save:
-        raise ConfigError("--save-interval needs --save")
-    if args.finetune and not args.load:
-        raise ConfigError("--finetune needs --load")
-    for name in ("log_interval", "eval_interval"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-    warmup = _samples(args.lr_warmup_iters, args.lr_warmup_samples, global_batch, "lr-warmup") or 0
+    warmup = validation.samples(args.lr_warmup_iters, args.lr_warmup_samples, global_batch, "lr-warmup") or 0
     if args.lr_warmup_fraction is not None:
         if warmup:
             raise ConfigError("give one of --lr-warmup-iters, --lr-warmup-samples, --lr-warmup-fraction")
         warmup = int(args.lr_warmup_fraction * train_samples)
-    decay = _samples(args.lr_decay_iters, args.lr_decay_samples, global_batch, "lr-decay") or train_samples
-    if warmup > decay:
-        raise ConfigError(f"the LR warmup ({warmup} samples) is longer than its decay ({decay} samples)")
     try:
         data = data_config_from_args(args)
     except (ValueError, FileNotFoundError) as error:
         raise ConfigError(str(error)) from None
-    if data.train is None:
-        raise ConfigError("no training data: give --data-path or --train-weighted-split-paths")
-    return TrainConfig(
-        model=ModelArgs(args.num_layers, args.hidden_size, args.num_attention_heads, args.init_method_std,
-                        args.hidden_dropout, args.attention_dropout, args.make_vocab_size_divisible_by,
-                        args.pad_vocab_size_to, args.checkpoint_activations, args.prefix_lm,
-                        args.tokenizer_name_or_path, attention_backend, lm_head_loss, bias_gelu_fusion,
-                        bias_dropout_fusion),
-        parallel=ParallelArgs(tp, pp, dp, zero_stage, args.pp_partition_method, args.distributed_timeout_minutes,
-                              args.distributed_backend),
-        batch=BatchArgs(micro, global_batch, global_batch // (micro * dp), train_samples, args.num_workers),
-        optimizer=OptimizerArgs(args.lr, args.min_lr, args.adam_beta1, args.adam_beta2, args.adam_eps,
-                                args.weight_decay, args.clip_grad, args.lr_decay_style, warmup, decay),
-        checkpoint=CheckpointArgs(args.save, args.save_interval, args.load, args.no_load_optim,
-                                  args.no_load_rng, args.reset_progress, args.finetune,
-                                  args.checkpoint_fallback),
-        logging=LoggingArgs(args.log_interval, args.eval_interval, args.eval_iters, args.tensorboard_dir,
-                            args.exit_interval, args.exit_duration_in_mins, args.kill_switch_path,
-                            args.exit_signal_handler),
+    train = TrainConfig(
+        model=ModelConfig(
+            num_layers=args.num_layers, hidden_size=args.hidden_size, num_heads=args.num_attention_heads,
+            init_method_std=args.init_method_std, make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
+            pad_vocab_size_to=args.pad_vocab_size_to, checkpoint_activations=args.checkpoint_activations,
+            tokenizer=args.tokenizer_name_or_path, hidden_dropout=args.hidden_dropout,
+            attention_dropout=args.attention_dropout, prefix_lm=args.prefix_lm,
+            attention_backend=args.attention_backend if args.attention_backend != "auto" else (
+                "flex" if gpu and args.attention_dropout == 0 else "reference"),
+            lm_head_loss=args.lm_head_loss if args.lm_head_loss != "auto" else ("chunked" if gpu else "reference"),
+            bias_gelu_fusion=gpu if args.bias_gelu_fusion is None else args.bias_gelu_fusion,
+            bias_dropout_fusion=gpu if args.bias_dropout_fusion is None else args.bias_dropout_fusion,
+        ),
+        parallel=ParallelConfig(tensor=tp, pipeline=pp, data=dp, zero_stage=zero_stage,
+                                partition_method=args.pp_partition_method,
+                                timeout_minutes=args.distributed_timeout_minutes, backend=args.distributed_backend),
+        batch=BatchConfig(micro=micro, global_batch=global_batch, gradient_accumulation=global_batch // (micro * dp),
+                          train_samples=train_samples, num_workers=args.num_workers),
+        optimizer=OptimizerConfig(
+            lr=args.lr, min_lr=args.min_lr, beta1=args.adam_beta1, beta2=args.adam_beta2, eps=args.adam_eps,
+            weight_decay=args.weight_decay, clip_grad=args.clip_grad, decay_style=args.lr_decay_style,
+            warmup_samples=warmup,
+            decay_samples=validation.samples(args.lr_decay_iters, args.lr_decay_samples, global_batch,
+                                             "lr-decay") or train_samples,
+        ),
+        checkpoint=CheckpointConfig(save=args.save, save_interval=args.save_interval, load=args.load,
+                                    no_load_optim=args.no_load_optim, no_load_rng=args.no_load_rng,
+                                    reset_progress=args.reset_progress, finetune=args.finetune,
+                                    fallback=args.checkpoint_fallback),
+        logging=LoggingConfig(log_interval=args.log_interval, eval_interval=args.eval_interval,
+                              eval_iters=args.eval_iters, tensorboard_dir=args.tensorboard_dir,
+                              exit_interval=args.exit_interval, exit_duration_minutes=args.exit_duration_in_mins,
+                              kill_switch_path=args.kill_switch_path, exit_signal_handler=args.exit_signal_handler),
         data=data,
         precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         seed=args.seed,
         norm_target_loss=args.norm_target_loss,
         nonfinite_loss=args.nonfinite_loss,
         deepspeed_config=args.deepspeed_config,
+        deepspeed_json=deepspeed_json,
         dry_run=args.dry_run,
     )
-
-
-def _zero_stage_of(deepspeed_config: str | None) -> int:
-    json_config = read_deepspeed_json(deepspeed_config)
-    return int(json_config.get("zero_optimization", {}).get("stage", 1))
+    validation.validate(train)
+    return train

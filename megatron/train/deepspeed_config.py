@@ -7,16 +7,15 @@ schedule are ours (`--lr`, `--adam-*`), so a JSON `optimizer` or `scheduler` sec
 
 from __future__ import annotations
 
+import copy
 import json
-from typing import TYPE_CHECKING
 
+from megatron.train.config import TrainConfig
 from megatron.train.errors import ConfigError
-
-if TYPE_CHECKING:
-    from megatron.train.arguments import TrainConfig
 
 
 def read_deepspeed_json(path: str | None) -> dict:
+    """The JSON at `path` (`{}` without one), read once when the flags are parsed."""
     if path is None:
         return {}
     try:
@@ -38,9 +37,11 @@ def _agree(config: dict, key: str, value, flag: str, path: str | None) -> None:
     config[key] = value
 
 
-def deepspeed_config(train: "TrainConfig") -> dict:
+def deepspeed_config(train: TrainConfig) -> dict:
+    """The config `deepspeed.initialize` takes: the run's JSON (as read at parse time) completed
+    from the flags."""
     path = train.deepspeed_config
-    config = read_deepspeed_json(path)
+    config = copy.deepcopy(train.deepspeed_json)
     for section in ("optimizer", "scheduler"):
         if section in config:
             raise ConfigError(f"--deepspeed_config {path}: remove its '{section}' section; the "

@@ -1,11 +1,13 @@
 """The model on DeepSpeed: a `PipelineModule` (1F1B, tied embedding/LM head) for ZeRO stage 0/1 at
-any pipeline size, as Megatron-DeepSpeed ran BLOOM; the whole model (`BloomModel`) for ZeRO-2/3,
-which DeepSpeed's pipeline engine does not support. Both take the same micro-batches and give the
-same losses; `TrainingEngine` hides which one runs."""
+any pipeline size, as Megatron-DeepSpeed ran BLOOM; the whole model for ZeRO-2/3, which
+DeepSpeed's pipeline engine does not support. Both take the same micro-batches and give the same
+losses; `TrainingEngine` hides which one runs, and owns what touches the DeepSpeed engine: steps,
+gradient norms, saving and loading its state, and the model's weights."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import deepspeed
 import torch
@@ -13,28 +15,29 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from torch import nn
 
-from megatron.model.bloom import BloomModel
-from megatron.model.config import BloomModelConfig
-from megatron.model.parallel import DeepSpeedMPU, collective_device, model_parallel_config
-from megatron.model.pipeline import bloom_pipeline
-from megatron.train.arguments import OptimizerArgs, TrainConfig
+from megatron.checkpoint.layer_files import save_model_layers
+from megatron.checkpoint.loading import LayerSource, load_layers_into_model, load_layers_into_pipeline
+from megatron.models.common.parallel_config import model_parallel_config
+from megatron.models.spec import ModelSpec
+from megatron.train.config import OptimizerConfig, TrainConfig
 from megatron.train.data_iterators import pipeline_micro_batch
 from megatron.train.deepspeed_config import deepspeed_config
+from megatron.train.distributed import DeepSpeedMPU, collective_device
 
 
-class BloomForTraining(nn.Module):
+class ModelWithLoss(nn.Module):
     """The whole model with its loss as `forward`, for DeepSpeed's plain engine."""
 
-    def __init__(self, bloom: BloomModel, norm_target_loss: bool):
+    def __init__(self, model: nn.Module, norm_target_loss: bool):
         super().__init__()
-        self.bloom = bloom
+        self.model = model
         self.norm_target_loss = norm_target_loss
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.bloom.loss(batch, self.norm_target_loss)
+        return self.model.loss(batch, self.norm_target_loss)
 
 
-def adamw(module: nn.Module, args: OptimizerArgs) -> torch.optim.Optimizer:
+def adamw(module: nn.Module, args: OptimizerConfig) -> torch.optim.Optimizer:
     """Megatron's Adam: decoupled weight decay on matrices, none on biases and LayerNorms."""
     params = [p for p in module.parameters() if p.requires_grad]
     groups = [
@@ -45,19 +48,30 @@ def adamw(module: nn.Module, args: OptimizerArgs) -> torch.optim.Optimizer:
                              fused=torch.cuda.is_available())
 
 
-def build_module(train: TrainConfig, config: BloomModelConfig) -> nn.Module:
+def build_module(train: TrainConfig, spec: ModelSpec, config) -> nn.Module:
     """Randomly initialised (identically for any layout, from `--seed`) on this rank."""
     parallel = model_parallel_config(torch.float32, device="cpu")
     if train.parallel.uses_pipeline:
-        return bloom_pipeline(config, parallel, train.parallel.data, train.parallel.partition_method,
-                              train.model.checkpoint_activations, train.norm_target_loss, init_seed=train.seed)
-    bloom = BloomModel(config, parallel, train.model.checkpoint_activations, init_seed=train.seed)
-    return BloomForTraining(bloom, train.norm_target_loss)
+        return spec.build_pipeline(config, parallel, train.parallel.data, train.parallel.partition_method,
+                                   train.model.checkpoint_activations, train.norm_target_loss, init_seed=train.seed)
+    model = spec.build_model(config, parallel, train.model.checkpoint_activations, init_seed=train.seed)
+    return ModelWithLoss(model, train.norm_target_loss)
+
+
+def load_weights(module: nn.Module, spec: ModelSpec, layers: LayerSource, is_pipeline: bool) -> None:
+    """Whole layers (`layers(index)`) into a module from `build_module`, before the engine exists."""
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    if is_pipeline:
+        load_layers_into_pipeline(module, layers, spec.adapter, tp_rank, tp_size)
+    else:
+        load_layers_into_model(module.model, layers, spec.adapter, tp_rank, tp_size)
 
 
 class TrainingEngine:
-    def __init__(self, train: TrainConfig, module: nn.Module):
+    def __init__(self, train: TrainConfig, spec: ModelSpec, module: nn.Module):
         self.train = train
+        self.spec = spec
         self.is_pipeline = train.parallel.uses_pipeline
         self.engine, *_ = deepspeed.initialize(
             model=module, optimizer=adamw(module, train.optimizer), config=deepspeed_config(train),
@@ -103,9 +117,27 @@ class TrainingEngine:
         norm = self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
 
-    def bloom_module(self) -> BloomModel | None:
-        """The whole-model path's `BloomModel` (None for the pipeline)."""
-        return None if self.is_pipeline else self.engine.module.bloom
+    def save(self, folder: Path, tag: str, client_state: dict) -> None:
+        """DeepSpeed's files of tag `tag` (model, optimizer, `client_state`), and for the whole
+        model the layer files the pipeline writes itself, so every checkpoint has the same
+        layout for conversion and weights-only loading."""
+        self.engine.save_checkpoint(str(folder), tag=tag, client_state=client_state, save_latest=False)
+        if self.is_pipeline:
+            return
+        model = self.engine.module.model
+        zero3 = self.train.parallel.zero_stage == 3
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), enabled=zero3):
+            if parallel_state.get_data_parallel_rank() == 0:
+                save_model_layers(model, folder / tag, self.spec.adapter,
+                                  parallel_state.get_tensor_model_parallel_rank())
+
+    def load(self, folder: Path, tag: str) -> dict:
+        """Weights and optimizer states of a training checkpoint; its client state."""
+        path, client_state = self.engine.load_checkpoint(
+            str(folder), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False)
+        if path is None:
+            raise RuntimeError(f"--load {folder}: DeepSpeed could not load {tag}")
+        return client_state
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.engine.device, non_blocking=True) for k, v in batch.items()}

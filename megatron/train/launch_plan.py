@@ -1,6 +1,6 @@
 """What a launch would be, worked out without launching anything (`finetune_xp3.py --dry-run`):
 the process layout (world = TP x PP x DP, gradient accumulation), which layers each pipeline
-stage holds (`pipeline_partition`), parameters and an estimate of peak
+stage holds (the model family's `stage_layers`), parameters and an estimate of peak
 memory per GPU, and the data groups, opened and counted.
 
 Memory per GPU, for P parameters on the GPU and data-parallel size d:
@@ -24,19 +24,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deepspeed.runtime.pipe.module import TiedLayerSpec
-
 from megatron.data.data_config import DataGroup
 from megatron.data.indexed_dataset import IndexedDatasetError
 from megatron.data.mtf_datasets import pair_range
 from megatron.kernels.lm_head_loss import CHUNK_BYTES
-from megatron.model.config import BloomModelConfig
-from megatron.model.pipeline import FinalNormPipe, TransformerBlockPipe
-from megatron.model.pipeline_partition import (block_parameters, embedding_parameters, layer_specs, spec_name,
-                                               stage_bounds)
-from megatron.train.arguments import TrainConfig
+from megatron.models.spec import ModelSpec
+from megatron.train.config import TrainConfig
 from megatron.train.errors import ConfigError
-from megatron.train.model_source import LoadPlan
+from megatron.train.load_plan import LoadPlan
 
 GIB = 2**30
 
@@ -61,30 +56,24 @@ class Stage:
         return " + ".join(parts)
 
 
-def stages(train: TrainConfig, config: BloomModelConfig) -> list[Stage]:
+def stages(train: TrainConfig, spec: ModelSpec, config) -> list[Stage]:
     tp, pp = train.parallel.tensor, train.parallel.pipeline
     if not train.parallel.uses_pipeline:  # the whole model on every GPU
-        return [_stage(train, config, 0, True, config.num_layers, True, True)]
-    specs = layer_specs(config, tp, pp)
-    bounds = stage_bounds(specs, train.parallel.partition_method, pp, config, tp)
-    result = []
-    for index in range(pp):
-        held = specs[bounds[index]:bounds[index + 1]]
-        names = [spec_name(s) for s in held]
-        embedding = any(isinstance(s, TiedLayerSpec) and s.forward_fn is None for s in held)
-        lm_head = any(isinstance(s, TiedLayerSpec) and s.forward_fn is not None for s in held)
-        result.append(_stage(train, config, index, embedding, names.count(TransformerBlockPipe.__name__),
-                             FinalNormPipe.__name__ in names, lm_head))
-    return result
+        return [_stage(train, spec, config, 0, ["embedding", *["block"] * config.num_layers, "final_norm",
+                                                "lm_head"])]
+    layers = spec.stage_layers(config, tp, pp, train.parallel.partition_method)
+    return [_stage(train, spec, config, index, kinds) for index, kinds in enumerate(layers)]
 
 
-def _stage(train: TrainConfig, config: BloomModelConfig, index: int, embedding: bool, blocks: int,
-           final_norm: bool, lm_head: bool) -> Stage:
+def _stage(train: TrainConfig, spec: ModelSpec, config, index: int, kinds: list[str]) -> Stage:
     tp, dp, zero = train.parallel.tensor, train.parallel.data, train.parallel.zero_stage
     h, a, s, b = config.hidden_size, config.num_heads, train.data.seq_length, train.batch.micro
+    embedding, blocks, final_norm, lm_head = ("embedding" in kinds, kinds.count("block"), "final_norm" in kinds,
+                                              "lm_head" in kinds)
     # the LM head shares the embedding's weight; a second copy lives on the last stage
-    parameters = ((embedding or lm_head) * embedding_parameters(config, tp) + blocks * block_parameters(config, tp)
-                  + final_norm * 2 * h)
+    count = spec.adapter.layer_parameters
+    parameters = ((embedding or lm_head) * count(config, "embedding", tp) + blocks * count(config, "block", tp)
+                  + final_norm * count(config, "final_norm", tp))
     half = train.precision in ("fp16", "bf16")
     element = 2 if half else 4
     in_flight = min(train.parallel.pipeline - index, train.batch.gradient_accumulation) if train.parallel.uses_pipeline else 1
@@ -126,10 +115,11 @@ def _on(flag: bool) -> str:
     return "on" if flag else "off"
 
 
-def describe(train: TrainConfig, plan: LoadPlan, config: BloomModelConfig) -> str:
+def describe(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, config) -> str:
     """The dry run's report."""
     par, batch = train.parallel, train.batch
-    total = embedding_parameters(config, 1) + config.num_layers * block_parameters(config, 1) + 2 * config.hidden_size
+    total = sum(spec.adapter.layer_parameters(config, spec.adapter.layer_kind(layer, config.num_layers), 1)
+                for layer in spec.adapter.parameter_layers(config.num_layers))
     start = {"scratch": "random initialisation (no checkpoint in --save or --load)",
              "weights": f"the weights of {plan.folder}/{plan.tag} (fresh optimizer)",
              "resume": f"resuming {plan.folder}/{plan.tag}"}[plan.kind]
@@ -152,7 +142,7 @@ def describe(train: TrainConfig, plan: LoadPlan, config: BloomModelConfig) -> st
         *(f"  {data_summary(group)}" for group in [train.data.train, *train.data.valid]),
         "per GPU (GiB)           weights  grads  optimizer  activations  logits  total  params",
     ]
-    rows = stages(train, config)
+    rows = stages(train, spec, config)
     for first, last in _runs(rows):
         stage = rows[first]
         label = f"stage {first}" if first == last else f"stages {first}-{last}"

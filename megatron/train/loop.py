@@ -17,14 +17,15 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron.model.parallel import collective_device
-from megatron.train.arguments import TrainConfig
+from megatron.checkpoint.metadata import CheckpointMetadata
 from megatron.train.checkpointing import save_checkpoint
+from megatron.train.config import TrainConfig
 from megatron.train.data_iterators import TargetTokenCounter, micro_batches
+from megatron.train.distributed import collective_device
 from megatron.train.engine import TrainingEngine
 from megatron.train.lr_schedule import LRSchedule
-from megatron.train.metrics import FLOPS_FORMULA, TensorBoard, memory_gib, peak_tflops
-from megatron.train.model_source import Progress
+from megatron.train.metrics import TensorBoard, memory_gib, peak_tflops
+from megatron.train.progress import TrainingProgress
 
 
 class NonFiniteLoss(RuntimeError):
@@ -56,7 +57,7 @@ class Window:
 
 class Trainer:
     def __init__(self, train: TrainConfig, engine: TrainingEngine, train_data, valid_data: dict,
-                 progress: Progress, flops_per_token: float, meta: dict):
+                 progress: TrainingProgress, meta: CheckpointMetadata):
         self.train = train
         self.engine = engine
         self.train_data = train_data
@@ -64,14 +65,11 @@ class Trainer:
         self.progress = progress
         self.schedule = LRSchedule(train.optimizer, train.batch.global_batch)
         self.schedule.load_state_dict(progress.lr_schedule)
-        self.flops_per_token = flops_per_token
+        self.flops_per_token = engine.spec.flops_per_token(meta.model, train.data.seq_length)
         self.meta = meta
-        self.tensorboard = TensorBoard(train.logging.tensorboard_dir, dist.get_rank() == dist.get_world_size() - 1)
+        self.tensorboard: TensorBoard | None = None
         self.start_time = time.time()
         self.signal_received: int | None = None
-        if train.logging.exit_signal_handler:
-            for number in (signal.SIGTERM, signal.SIGUSR1):
-                signal.signal(number, self._on_signal)
 
     def _on_signal(self, number, frame) -> None:
         self.signal_received = number
@@ -84,14 +82,28 @@ class Trainer:
                              self.train.parallel.data, batch.num_workers)
 
     def run(self) -> None:
-        """Train to `--train-iters` (or an exit condition); raises NonFiniteLoss to stop."""
+        """Train to `--train-iters` (or an exit condition); raises NonFiniteLoss to stop. The
+        TensorBoard writer and (with `--exit-signal-handler`) the SIGTERM/SIGUSR1 handlers live
+        for this call only."""
+        self.tensorboard = TensorBoard(self.train.logging.tensorboard_dir,
+                                       dist.get_rank() == dist.get_world_size() - 1)
+        handled = (signal.SIGTERM, signal.SIGUSR1) if self.train.logging.exit_signal_handler else ()
+        previous = {number: signal.signal(number, self._on_signal) for number in handled}
+        try:
+            self._run()
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+            self.tensorboard.close()
+
+    def _run(self) -> None:
         train, progress = self.train, self.progress
         batches = self._batches(self.train_data, progress.consumed_samples)
         counter = TargetTokenCounter(batches) if batches is not None else None
         window = Window(time.time())
         last_saved = progress.iteration or None  # a resumed run does not rewrite what it resumed from
         log(f"training from iteration {progress.iteration} to {train.train_iters} "
-            f"(consumed samples {progress.consumed_samples}); model FLOPs: {FLOPS_FORMULA}")
+            f"(consumed samples {progress.consumed_samples}); model FLOPs: {self.engine.spec.flops_formula}")
         if self.valid_data and progress.iteration == 0:
             self.evaluate()  # the starting point: the loaded model's (or random init's) loss
         while progress.iteration < train.train_iters:

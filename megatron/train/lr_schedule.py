@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 
-from megatron.train.arguments import OptimizerArgs
+from megatron.train.config import OptimizerConfig
 
 
 class LRSchedule:
-    def __init__(self, args: OptimizerArgs, global_batch: int):
+    def __init__(self, args: OptimizerConfig, global_batch: int):
         self.args = args
         self.global_batch = global_batch
         self.num_samples = 0

@@ -1,10 +1,7 @@
-"""What the log line and TensorBoard report: throughput, model FLOPs and MFU, memory.
-
-Model FLOPs per token (Narayanan et al. 2021, without recomputation, full causal attention over
-the row): `72 * l * h^2 * (1 + s / (6 h) + V / (12 l h))` for l layers, hidden size h, row
-length s and padded vocabulary V; i.e. 6 x parameters of the matmuls, plus attention scores and
-values, plus the LM head, for forward and backward. MFU divides the achieved model FLOPs per
-device by the device's dense peak for the training precision (known GPUs only).
+"""What the log line and TensorBoard report besides the loss: the devices' peak FLOPs for MFU,
+memory, and the TensorBoard writer. Model FLOPs per token are the model family's
+(`ModelSpec.flops_per_token`); MFU divides the achieved model FLOPs per device by the device's
+dense peak for the training precision (known GPUs only).
 """
 
 from __future__ import annotations
@@ -13,21 +10,12 @@ import resource
 
 import torch
 
-from megatron.model.config import BloomModelConfig
-
-FLOPS_FORMULA = "72*l*h^2*(1 + s/(6h) + V/(12*l*h)) per token"
-
 # Dense peak TFLOPs per device (bf16/fp16 tensor cores; fp32 means TF32).
 PEAK_TFLOPS = {
     "H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 494.0},
     "H200": {"bf16": 989.0, "fp16": 989.0, "fp32": 494.0},
     "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 156.0},
 }
-
-
-def model_flops_per_token(config: BloomModelConfig, seq_length: int) -> float:
-    l, h, v = config.num_layers, config.hidden_size, config.vocab_size
-    return 72.0 * l * h * h * (1.0 + seq_length / (6.0 * h) + v / (12.0 * l * h))
 
 
 def peak_tflops(precision: str) -> float | None:

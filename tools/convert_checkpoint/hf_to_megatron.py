@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from megatron.model.hf_conversion import ConversionError, convert_hf_to_megatron
+from megatron.checkpoint.conversion import convert_hf_to_megatron
+from megatron.checkpoint.layout import CheckpointError
+from megatron.models import get_model_spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="pad the vocabulary to exactly this size instead")
     args = parser.parse_args(argv)
     try:
-        out = convert_hf_to_megatron(args.hf_dir, args.output_dir, args.target_tp, args.target_pp,
+        out = convert_hf_to_megatron(args.hf_dir, args.output_dir, get_model_spec(), args.target_tp, args.target_pp,
                                      args.make_vocab_size_divisible_by, args.pad_vocab_size_to)
-    except (ConversionError, FileNotFoundError) as error:
+    except (CheckpointError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {out} (TP={args.target_tp}, PP={args.target_pp})")

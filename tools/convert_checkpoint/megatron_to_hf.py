@@ -14,7 +14,9 @@ import argparse
 import re
 import sys
 
-from megatron.model.hf_conversion import ConversionError, convert_megatron_to_hf
+from megatron.checkpoint.conversion import convert_megatron_to_hf
+from megatron.checkpoint.layout import CheckpointError
+from megatron.models import get_model_spec
 
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -34,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-shard-size", type=parse_size, default=parse_size("2GB"))
     args = parser.parse_args(argv)
     try:
-        out = convert_megatron_to_hf(args.checkpoint_dir, args.output_dir, args.tokenizer_dir, args.max_shard_size)
-    except (ConversionError, FileNotFoundError) as error:
+        out = convert_megatron_to_hf(args.checkpoint_dir, args.output_dir, get_model_spec(), args.tokenizer_dir, args.max_shard_size)
+    except (CheckpointError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {out}")

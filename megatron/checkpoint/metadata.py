@@ -1,0 +1,55 @@
+"""`bloom_config.json`, the metadata of every checkpoint of ours: the model config (shape and
+options), the HF config it exports to, and the TP/PP layout it was written at. One writer
+(`write_metadata`) and one reader (`read_metadata`); the same dict is kept in each model-states
+file under `bloom`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from megatron.checkpoint.layout import CheckpointError, model_states_file
+from megatron.utils.atomic_files import write_atomically
+
+MODEL_CONFIG_FILE = "bloom_config.json"
+
+
+@dataclass(frozen=True)
+class CheckpointMetadata:
+    model: object  # the family's frozen model config (`ModelSpec.config_class`)
+    hf_config: dict
+    tensor_model_parallel_size: int
+    pipeline_model_parallel_size: int
+
+    def to_json(self) -> dict:
+        return {"model": dataclasses.asdict(self.model), "hf_config": self.hf_config,
+                "tensor_model_parallel_size": self.tensor_model_parallel_size,
+                "pipeline_model_parallel_size": self.pipeline_model_parallel_size}
+
+
+def write_metadata(folder: str | Path, meta: CheckpointMetadata) -> None:
+    write_atomically(Path(folder) / MODEL_CONFIG_FILE, json.dumps(meta.to_json(), indent=1))
+
+
+def read_metadata(folder: str | Path, config_class: type) -> CheckpointMetadata:
+    path = Path(folder) / MODEL_CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no {MODEL_CONFIG_FILE} (not a checkpoint of this project; convert "
+                              "HF BLOOM with tools/convert_checkpoint/hf_to_megatron.py)")
+    meta = json.loads(path.read_text())
+    return CheckpointMetadata(config_class(**meta["model"]), meta["hf_config"],
+                              meta["tensor_model_parallel_size"], meta["pipeline_model_parallel_size"])
+
+
+def write_model_states(tag_dir: Path, meta: CheckpointMetadata) -> None:
+    """The model-states file of each model-parallel rank of a converted checkpoint (no training
+    state: iteration 0), as DeepSpeed's loader expects them."""
+    tp, pp = meta.tensor_model_parallel_size, meta.pipeline_model_parallel_size
+    for mp_rank in range(tp * pp):
+        torch.save({"module": None, "iteration": 0, "global_steps": 0, "global_samples": 0,
+                    "skipped_steps": 0, "mp_world_size": tp * pp, "dp_world_size": 1,
+                    "bloom": meta.to_json()}, model_states_file(tag_dir, mp_rank))

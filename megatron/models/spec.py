@@ -1,0 +1,30 @@
+"""What the rest of the project needs to know of a model family, in one small object (as
+torchtitan's `ModelSpec`): the training engine, the dry run, the metrics and the checkpoint code
+reach a family only through it, so a second family is a new folder plus a registry entry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    # the frozen model config: shape and options, `from_hf`, `to_hf`, `read_hf_config`
+    config_class: type
+    # (config, parallel, checkpoint_activations, init_seed) -> the whole model, with `.loss(batch, norm)`
+    build_model: Callable
+    # (config, parallel, data_parallel_size, partition_method, checkpoint_activations,
+    #  norm_target_loss, init_seed) -> DeepSpeed `PipelineModule`
+    build_pipeline: Callable
+    # (config, tp, pp, partition_method) -> the kinds of layer each pipeline stage holds
+    stage_layers: Callable
+    # (config, tp, pp, partition_method) -> None, or ValueError naming the flag
+    check_partition: Callable
+    # names, pipeline layer numbering, TP split rules and shapes of the family's tensors
+    adapter: ModuleType
+    # (config, seq_length) -> model FLOPs per token, and the formula in words
+    flops_per_token: Callable
+    flops_formula: str

@@ -1,0 +1,126 @@
+"""The configuration of a run: small frozen groups, built by keyword from the parsed flags
+(`arguments.py`) and passed explicitly; nothing global."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from megatron.data.data_config import DataConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model flags. The shape may be None when it comes from `--load`'s checkpoint; the
+    options below it apply to the model however it is started."""
+
+    num_layers: int | None
+    hidden_size: int | None
+    num_heads: int | None
+    init_method_std: float
+    make_vocab_size_divisible_by: int
+    pad_vocab_size_to: int | None
+    checkpoint_activations: bool
+    tokenizer: str
+    # options of the model config itself (`BloomModelConfig`), whatever the model's source
+    hidden_dropout: float
+    attention_dropout: float
+    prefix_lm: bool
+    attention_backend: str  # "reference" or "flex"
+    lm_head_loss: str  # "reference" or "chunked"
+    bias_gelu_fusion: bool
+    bias_dropout_fusion: bool
+
+    def options(self) -> dict:
+        """The fields from `hidden_dropout` on, as keyword arguments of the model config."""
+        names = [f.name for f in fields(self)]
+        return {name: getattr(self, name) for name in names[names.index("hidden_dropout"):]}
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    tensor: int
+    pipeline: int
+    data: int
+    zero_stage: int
+    partition_method: str
+    timeout_minutes: float
+    backend: str | None  # None: NCCL with GPUs, gloo without
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor * self.pipeline * self.data
+
+    @property
+    def uses_pipeline(self) -> bool:
+        """ZeRO 0/1 run on DeepSpeed's `PipelineModule` (any PP); ZeRO-2/3, which its pipeline
+        engine does not support, on the whole model."""
+        return self.zero_stage <= 1
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    micro: int
+    global_batch: int
+    gradient_accumulation: int
+    train_samples: int
+    num_workers: int
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    lr: float
+    min_lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    clip_grad: float
+    decay_style: str
+    warmup_samples: int
+    decay_samples: int
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    save: str | None
+    save_interval: int | None
+    load: str | None
+    no_load_optim: bool
+    no_load_rng: bool
+    reset_progress: bool
+    finetune: bool
+    fallback: bool
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    log_interval: int
+    eval_interval: int
+    eval_iters: int
+    tensorboard_dir: str | None
+    exit_interval: int | None
+    exit_duration_minutes: float | None
+    kill_switch_path: str | None
+    exit_signal_handler: bool
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig
+    parallel: ParallelConfig
+    batch: BatchConfig
+    optimizer: OptimizerConfig
+    checkpoint: CheckpointConfig
+    logging: LoggingConfig
+    data: DataConfig
+    precision: str  # "fp32", "bf16" or "fp16"
+    seed: int
+    norm_target_loss: bool
+    nonfinite_loss: str  # "stop" or "skip"
+    deepspeed_config: str | None  # the JSON's path, for messages
+    deepspeed_json: dict  # its content, read once (empty without --deepspeed_config)
+    dry_run: bool
+
+    @property
+    def train_iters(self) -> int:
+        return self.batch.train_samples // self.batch.global_batch

@@ -1,0 +1,107 @@
+"""Where a run's model comes from, decided before anything is built:
+
+- `scratch`: no `--load` (or nothing saved there yet): random init from the shape flags;
+- `weights`: a checkpoint without training state (converted from HF), or `--finetune` /
+  `--no-load-optim`: the weights only, read from its layer files at any TP/PP;
+- `resume`: one of our training checkpoints: weights, optimizer, RNG through DeepSpeed's loader,
+  and the progress (iteration, data position, LR schedule) unless `--reset-progress`. A
+  checkpoint in `--save` is always resumed (a relaunch: the same command every time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from megatron.checkpoint.integrity import PROGRESS_FILE, newest_complete_tag, problem
+from megatron.checkpoint.layout import CheckpointError, has_checkpoint, read_latest
+from megatron.checkpoint.metadata import CheckpointMetadata, read_metadata
+from megatron.models.common.vocab import padded_vocab_size
+from megatron.models.spec import ModelSpec
+from megatron.train.config import TrainConfig
+from megatron.train.errors import ConfigError
+from megatron.train.progress import TrainingProgress
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    kind: str  # "scratch", "weights" or "resume"
+    folder: Path | None = None
+    tag: str | None = None
+    progress: TrainingProgress | None = None  # None: start at iteration 0
+
+
+def plan_load(train: TrainConfig) -> LoadPlan:
+    """A checkpoint in `--save` means this is a relaunch: resume from it, whatever `--load`,
+    `--no-load-optim`, `--reset-progress` and `--finetune` say (they describe the first launch).
+    Otherwise start from `--load` as those flags say, or from scratch."""
+    args = train.checkpoint
+    relaunch = has_checkpoint(args.save)
+    if not relaunch and not has_checkpoint(args.load):
+        return LoadPlan("scratch")
+    folder = Path(args.save if relaunch else args.load)
+    flag = "--save" if relaunch else "--load"
+    tag = _complete_tag(folder, flag, train.checkpoint.fallback)
+    progress_file = folder / tag / PROGRESS_FILE
+    first_launch_only = not relaunch and (args.finetune or args.no_load_optim)
+    if not progress_file.is_file() or first_launch_only:
+        kind = "weights"
+    else:
+        kind = "resume"
+    progress = None
+    if progress_file.is_file() and (relaunch or not (args.finetune or args.reset_progress)):
+        progress = TrainingProgress(**json.loads(progress_file.read_text()))
+    return LoadPlan(kind, folder, tag, progress)
+
+
+def _complete_tag(folder: Path, flag: str, fallback: bool) -> str:
+    tag = read_latest(folder)
+    issue = problem(folder / tag)
+    if issue is None:
+        return tag
+    if not fallback:
+        raise ConfigError(f"{flag} {folder}: the checkpoint 'latest' names is unusable: {issue}. "
+                          "Pass --checkpoint-fallback to start from the newest complete one before it")
+    previous = newest_complete_tag(folder, tag)
+    if previous is None:
+        raise ConfigError(f"{flag} {folder}: {issue}, and no complete checkpoint precedes {tag}")
+    print(f"warning: {flag} {folder}: {issue}; falling back to {previous}", flush=True)
+    return previous
+
+
+def run_metadata(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, vocab_size: int, eod: int,
+                 pad: int) -> CheckpointMetadata:
+    """The model's config and the HF config it exports to, as the metadata its checkpoints will
+    carry: from the checkpoint's metadata when loading (shape flags, if given, must agree), else
+    from the flags and the tokenizer's vocabulary padded by Megatron's rule."""
+    args = train.model
+    tp = train.parallel.tensor
+    if plan.kind == "scratch":
+        vocab = padded_vocab_size(vocab_size, tp, args.make_vocab_size_divisible_by, args.pad_vocab_size_to)
+        config = spec.config_class(vocab, args.hidden_size, args.num_layers, args.num_heads,
+                                   init_method_std=args.init_method_std, **args.options())
+        hf_config = config.to_hf(vocab_size, bos_token_id=eod, eos_token_id=eod, pad_token_id=pad).to_dict()
+    else:
+        try:
+            meta = read_metadata(plan.folder, spec.config_class)
+        except CheckpointError as error:
+            raise ConfigError(f"--load {error}") from None
+        config = dataclasses.replace(meta.model, **args.options())
+        hf_config = meta.hf_config
+        for flag, given, saved in (("--num-layers", args.num_layers, config.num_layers),
+                                   ("--hidden-size", args.hidden_size, config.hidden_size),
+                                   ("--num-attention-heads", args.num_heads, config.num_heads)):
+            if given is not None and given != saved:
+                raise ConfigError(f"{flag} {given} disagrees with the checkpoint in --load {plan.folder} ({saved})")
+        if hf_config.get("vocab_size", vocab_size) > config.vocab_size or vocab_size > config.vocab_size:
+            raise ConfigError(f"--tokenizer-name-or-path has {vocab_size} tokens, more than the "
+                              f"checkpoint's embedding ({config.vocab_size} rows)")
+    try:
+        config.check_tensor_parallel(tp)
+        if train.parallel.uses_pipeline:
+            spec.check_partition(config, tp, train.parallel.pipeline, train.parallel.partition_method)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return CheckpointMetadata(config, hf_config, tp, train.parallel.pipeline)

@@ -1,0 +1,169 @@
+"""`tools/preprocess_data.py` end to end: xP3 inputs/targets, per-key flags, worker-count
+independence, input forms, and every kind of bad row (an error naming file and line, or a count
+with --skip-bad-rows) without partial output."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers.paths import run_tool
+
+from megatron.data.indexed_dataset import IndexedDataset
+from megatron.data.tokenizer import HFTokenizer
+
+
+def preprocess(demo_dir: Path, inputs, prefix: Path, *extra: str, check: bool = True):
+    inputs = inputs if isinstance(inputs, list) else [inputs]
+    return run_tool(
+        "preprocess_data.py", "--input", *inputs, "--json-keys", "inputs", "targets",
+        "--prepend-space", "targets", "--append-eod", "targets",
+        "--tokenizer-name-or-path", demo_dir / "tokenizer", "--output-prefix", prefix,
+        "--log-interval", "1000", *extra, check=check,
+    )
+
+
+def read_pairs(prefix: Path) -> tuple[IndexedDataset, IndexedDataset]:
+    return IndexedDataset(f"{prefix}_inputs_document"), IndexedDataset(f"{prefix}_targets_document")
+
+
+def outputs_of(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_xp3_inputs_and_targets(demo_dir, tmp_path):
+    result = preprocess(demo_dir, demo_dir / "train.jsonl", tmp_path / "xp3", "--workers", "2")
+    assert "documents: 3,000" in result.stdout
+    assert "processed 1,024 documents" in result.stderr  # the progress line
+    inputs, targets = read_pairs(tmp_path / "xp3")
+    tokenizer = HFTokenizer(demo_dir / "tokenizer")
+    rows = [json.loads(line) for line in (demo_dir / "train.jsonl").read_text().splitlines()]
+    assert len(inputs) == len(targets) == len(rows) == 3000
+    assert inputs.dtype == np.uint16  # vocabulary of 1,024
+    for i in (0, 1, 1500, 2999):
+        assert inputs[i].tolist() == tokenizer.encode(rows[i]["inputs"])
+        assert targets[i].tolist() == tokenizer.encode(" " + rows[i]["targets"]) + [tokenizer.eod]
+    assert tokenizer.decode(targets[0]) == " " + rows[0]["targets"] + "</s>"
+
+
+def test_output_is_identical_for_any_worker_count(demo_dir, tmp_path):
+    preprocess(demo_dir, demo_dir / "train.jsonl", tmp_path / "w1", "--workers", "1")
+    preprocess(demo_dir, demo_dir / "train.jsonl", tmp_path / "w3", "--workers", "3")
+    for key in ("inputs", "targets"):
+        for suffix in (".bin", ".idx"):
+            one = (tmp_path / f"w1_{key}_document{suffix}").read_bytes()
+            three = (tmp_path / f"w3_{key}_document{suffix}").read_bytes()
+            assert one == three
+
+
+def test_gzip_folder_and_glob_inputs_give_the_same_output(demo_dir, tmp_path):
+    lines = (demo_dir / "train.jsonl").read_bytes().splitlines(keepends=True)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "part-0.jsonl").write_bytes(b"".join(lines[:1000]))
+    with gzip.open(folder / "part-1.jsonl.gz", "wb") as shard:
+        shard.write(b"".join(lines[1000:]))
+    preprocess(demo_dir, demo_dir / "train.jsonl", tmp_path / "plain")
+    preprocess(demo_dir, folder, tmp_path / "folder")
+    preprocess(demo_dir, str(folder / "part-*"), tmp_path / "glob")
+    for prefix in ("folder", "glob"):
+        for key in ("inputs", "targets"):
+            for suffix in (".bin", ".idx"):
+                assert (tmp_path / f"{prefix}_{key}_document{suffix}").read_bytes() == (
+                    tmp_path / f"plain_{key}_document{suffix}"
+                ).read_bytes()
+
+
+def test_plain_text_key_with_eod_everywhere(demo_dir, tmp_path):
+    corpus = tmp_path / "text.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"document number {i}"}) + "\n" for i in range(5)))
+    run_tool("preprocess_data.py", "--input", corpus, "--append-eod",
+             "--tokenizer-name-or-path", demo_dir / "tokenizer" / "tokenizer.json",
+             "--output-prefix", tmp_path / "plain")
+    text = IndexedDataset(tmp_path / "plain_text_document")
+    tokenizer = HFTokenizer(demo_dir / "tokenizer")
+    assert len(text) == 5
+    assert text[3].tolist() == tokenizer.encode("document number 3") + [tokenizer.eod]
+
+
+BAD_ROWS = {
+    "malformed JSON": b'{"inputs": "a", "targets": \n',
+    "missing key": b'{"inputs": "only inputs here"}\n',
+    "non-string value": b'{"inputs": "a question", "targets": 42}\n',
+    "invalid UTF-8": b'{"inputs": "caf\xe9", "targets": "b"}\n',
+    "empty field": b'{"inputs": "a question", "targets": ""}\n',
+}
+
+
+@pytest.fixture
+def corpus_with_bad_row(demo_dir, tmp_path, request):
+    """The demo corpus with one bad row inserted at line 1,500 (in the second batch)."""
+    lines = (demo_dir / "train.jsonl").read_bytes().splitlines(keepends=True)
+    path = tmp_path / "input" / "corrupt.jsonl"
+    path.parent.mkdir()
+    path.write_bytes(b"".join(lines[:1499] + [BAD_ROWS[request.param]] + lines[1499:]))
+    return path
+
+
+@pytest.mark.parametrize("corpus_with_bad_row", list(BAD_ROWS), indirect=True)
+def test_bad_row_stops_with_file_and_line_and_leaves_no_output(demo_dir, tmp_path, corpus_with_bad_row, request):
+    reason = request.node.callspec.params["corpus_with_bad_row"]
+    out = tmp_path / "out"
+    result = preprocess(demo_dir, corpus_with_bad_row, out / "xp3", "--workers", "2", check=False)
+    assert result.returncode == 1
+    assert f"{corpus_with_bad_row}:1500: {reason}" in result.stderr
+    assert not out.exists() or outputs_of(out) == []
+
+
+@pytest.mark.parametrize("corpus_with_bad_row", list(BAD_ROWS), indirect=True)
+def test_skip_bad_rows_counts_them_and_keeps_pairs_aligned(demo_dir, tmp_path, corpus_with_bad_row, request):
+    reason = request.node.callspec.params["corpus_with_bad_row"]
+    result = preprocess(demo_dir, corpus_with_bad_row, tmp_path / "xp3", "--skip-bad-rows")
+    assert "documents: 3,000" in result.stdout
+    assert f"{reason}: 1" in result.stdout
+    inputs, targets = read_pairs(tmp_path / "xp3")
+    assert len(inputs) == len(targets) == 3000
+    reference = tmp_path / "clean"
+    preprocess(demo_dir, demo_dir / "train.jsonl", reference)
+    for key in ("inputs", "targets"):
+        assert (tmp_path / f"xp3_{key}_document.bin").read_bytes() == (
+            tmp_path / f"clean_{key}_document.bin"
+        ).read_bytes()
+
+
+def test_failed_run_keeps_the_previous_complete_output(demo_dir, tmp_path):
+    preprocess(demo_dir, demo_dir / "valid.jsonl", tmp_path / "xp3")
+    before = {name: (tmp_path / name).read_bytes() for name in outputs_of(tmp_path)}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes((demo_dir / "train.jsonl").read_bytes() + BAD_ROWS["missing key"])
+    result = preprocess(demo_dir, bad, tmp_path / "xp3", check=False)
+    assert result.returncode == 1 and f"{bad}:3001: missing key" in result.stderr
+    bad.unlink()
+    assert {name: (tmp_path / name).read_bytes() for name in outputs_of(tmp_path)} == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--append-eod", "labels"], "--append-eod names ['labels']"),
+        (["--workers", "0"], "--workers must be at least 1"),
+    ],
+)
+def test_bad_flags_are_named(demo_dir, tmp_path, args, message):
+    result = preprocess(demo_dir, demo_dir / "valid.jsonl", tmp_path / "x", *args, check=False)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_missing_input_and_tokenizer_are_named(demo_dir, tmp_path):
+    result = preprocess(demo_dir, tmp_path / "nope.jsonl", tmp_path / "x", check=False)
+    assert result.returncode == 1 and "nope.jsonl: no such file" in result.stderr
+    shutil.copytree(demo_dir / "tokenizer", tmp_path / "tok")
+    (tmp_path / "tok" / "tokenizer.json").unlink()
+    result = run_tool("preprocess_data.py", "--input", demo_dir / "valid.jsonl",
+                      "--tokenizer-name-or-path", tmp_path / "tok", "--output-prefix", tmp_path / "x",
+                      check=False)
+    assert result.returncode == 1 and "no tokenizer.json" in result.stderr

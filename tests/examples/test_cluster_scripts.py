@@ -1,0 +1,120 @@
+"""The SLURM scripts of `examples/slurm/` as a user runs them, minus the cluster: they pass
+`bash -n` and shellcheck; the xP3 preprocessing array task and the data-mixture tool turn an xP3
+folder layout into datasets and mixture files (weights from the preprocessed bytes); and each
+BLOOMZ recipe's dry run prints its world size, gradient accumulation, stages and memory estimate
+without launching anything."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers.paths import REPO, run_tool
+
+from megatron.data.data_config import parse_weighted_split_group
+from synthetic.corpus import write_jsonl
+
+SLURM = REPO / "examples" / "slurm"
+SCRIPTS = sorted([*SLURM.glob("*.sh"), *SLURM.glob("*.slurm"), *(REPO / "examples").glob("*.sh")])
+LANGUAGES = {"fr": 600, "sw": 200}  # language -> rows
+
+
+def test_scripts_pass_bash_n_and_shellcheck():
+    assert len(SCRIPTS) >= 8
+    for script in SCRIPTS:
+        subprocess.run(["bash", "-n", script], check=True)
+    shellcheck = shutil.which("shellcheck", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    assert shellcheck, "shellcheck not installed (it comes with pip install -e '.[test]')"
+    result = subprocess.run([shellcheck, "-x", *map(str, SCRIPTS)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.fixture(scope="module")
+def xp3_data(demo_dir, tmp_path_factory) -> Path:
+    """A two-language xP3 download (`xP3/<language>/*.jsonl`), preprocessed by the array job's
+    tasks, and its mixture files written by the tool the submit script schedules."""
+    root = tmp_path_factory.mktemp("xp3")
+    for seed, (language, rows) in enumerate(LANGUAGES.items()):
+        write_jsonl(root / "xP3" / language / f"xp3_{language}_tasks.jsonl", rows, seed=seed)
+    data = root / "data"
+    env = dict(os.environ, XP3_DIR=str(root / "xP3"), TOKENIZER=str(demo_dir / "tokenizer"), DATA_DIR=str(data),
+               LANGUAGES=" ".join(LANGUAGES), PYTHON=sys.executable, REPO_DIR=str(REPO))
+    for task in range(len(LANGUAGES)):
+        subprocess.run(["bash", SLURM / "preprocess_xp3.slurm"], env=dict(env, SLURM_ARRAY_TASK_ID=str(task)),
+                       check=True, capture_output=True)
+    out_of_range = subprocess.run(["bash", SLURM / "preprocess_xp3.slurm"], env=dict(env, SLURM_ARRAY_TASK_ID="2"),
+                                  capture_output=True, text=True)
+    assert out_of_range.returncode == 2 and "only 2 languages" in out_of_range.stderr
+    run_tool("make_data_mixture.py", *(data / f"xp3_{language}" for language in LANGUAGES),
+             "--train-output", data / "xp3_train.txt", "--valid-output", data / "xp3_valid.txt",
+             "--valid-fraction", "0.01")
+    return data
+
+
+def test_mixture_weights_follow_the_preprocessed_bytes(xp3_data):
+    (train,) = shlex.split((xp3_data / "xp3_train.txt").read_text())
+    group = parse_weighted_split_group(train, "train")
+    assert group.name == "train"
+    sizes = {d.prefix: sum((Path(f"{d.prefix}_{key}_document.bin")).stat().st_size for key in ("inputs", "targets"))
+             for d in group.datasets}
+    assert [Path(d.prefix).name for d in group.datasets] == [f"xp3_{language}" for language in LANGUAGES]
+    for d in group.datasets:
+        assert d.weight == pytest.approx(sizes[d.prefix] / sum(sizes.values()), rel=1e-5)
+        assert (d.begin, d.end) == (0.0, 0.99)
+    valid = [parse_weighted_split_group(text, "valid") for text in shlex.split((xp3_data / "xp3_valid.txt").read_text())]
+    assert [g.name for g in valid] == [f"valid_xp3_{language}" for language in LANGUAGES]
+    assert all((d.begin, d.end) == (0.99, 1.0) for g in valid for d in g.datasets)
+
+
+def test_mixture_tool_names_a_missing_dataset_and_writes_nothing(xp3_data, tmp_path):
+    result = run_tool("make_data_mixture.py", xp3_data / "xp3_fr", xp3_data / "xp3_de",
+                      "--train-output", tmp_path / "train.txt", check=False)
+    assert result.returncode == 2
+    assert "xp3_de_inputs_document" in result.stderr
+    assert not (tmp_path / "train.txt").exists()
+
+
+def _dry_run(recipe: str, demo_dir: Path, data: Path, tmp_path: Path) -> str:
+    env = dict(os.environ, DRY_RUN="1", TOKENIZER=str(demo_dir / "tokenizer"), DATA_DIR=str(data),
+               REPO_DIR=str(REPO), PYTHON=sys.executable, PYTHONWARNINGS="ignore",
+               INIT_CHECKPOINT=str(tmp_path / "init"), CHECKPOINT_DIR=str(tmp_path / "run"),
+               LOG_DIR=str(tmp_path / "logs"))
+    for name in ("SLURM_JOB_NUM_NODES", "NNODES", "WORLD_SIZE", "RANK"):
+        env.pop(name, None)
+    result = subprocess.run(["bash", SLURM / f"{recipe}.slurm"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "logs").exists()  # nothing launched
+    return result.stdout
+
+
+RECIPES = {  # recipe -> (world line, gradient accumulation, stage lines expected)
+    "bloomz-560m": ("world size 16 = TP 1 x PP 1 x DP 16", 64, ["stage 0 ", "embedding + 24 blocks + final norm + LM head"]),
+    "bloomz-1b7": ("world size 32 = TP 2 x PP 2 x DP 8", 256, ["embedding + 12 blocks", "12 blocks + final norm + LM head"]),
+    "bloomz-7b1": ("world size 64 = TP 1 x PP 1 x DP 64", 8, ["embedding + 30 blocks + final norm + LM head"]),
+    "bloomz-176b": ("world size 288 = TP 1 x PP 72 x DP 4", 512,
+                    ["stage 0 ", " embedding\n", "stages 1-69 ", "1 block each", "stage 70 ", "1 block + final norm", "stage 71 ", "LM head\n"]),
+}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_dry_run_prints_the_layout_and_memory(recipe, demo_dir, xp3_data, tmp_path):
+    out = _dry_run(recipe, demo_dir, xp3_data, tmp_path)
+    world, accumulation, stage_lines = RECIPES[recipe]
+    assert out.startswith("dry run: nothing launched")
+    assert world in out
+    assert f"gradient accumulation {accumulation} = global" in out
+    assert "rows of 2048 tokens" in out
+    # a GPU launch picks the fused paths (attention stays on the reference path: dropout 0.1)
+    assert "LM head loss chunked, compiled bias + GeLU on, bias + dropout + residual on" in out
+    assert "starts from: random initialisation" in out  # no converted checkpoint in this test
+    assert "train: 2 datasets" in out and "valid_xp3_fr: 1 datasets" in out
+    for expected in stage_lines:
+        assert expected in out, out
+    peak = float(re.search(r"peak estimate: ([\d.]+) GiB", out).group(1))
+    assert 2 < peak < 80, out  # each recipe fits an 80 GB GPU

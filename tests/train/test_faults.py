@@ -1,0 +1,124 @@
+"""Preemption and faults on CPU (torchrun, gloo): SIGTERM saves and exits so the same command
+resumes onto the uninterrupted curve; a damaged checkpoint is named at load (or skipped with
+--checkpoint-fallback); a killed rank takes the run down instead of hanging it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from helpers.paths import REPO
+from helpers.finetune_runs import finetune, finetune_process, preprocess_demo, scalars, tiny_model_args
+
+
+@pytest.fixture(scope="module")
+def demo_data(demo_dir, tmp_path_factory) -> dict[str, Path]:
+    return preprocess_demo(demo_dir, tmp_path_factory.mktemp("fault_data"))
+
+
+def _args(demo_dir, demo_data, iters: int) -> list[str]:
+    return [*tiny_model_args(demo_dir, demo_data), "--micro-batch-size", "2", "--global-batch-size", "8",
+            "--lr", "2e-3", "--train-iters", str(iters), "--num-layers", "2", "--hidden-size", "32",
+            "--num-attention-heads", "4", "--eval-iters", "0", "--exit-signal-handler"]
+
+
+def _wait_for(process: subprocess.Popen, text: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    for line in process.stdout:
+        if text in line:
+            return
+        if time.time() > deadline:
+            break
+    raise AssertionError(f"{text!r} did not appear")
+
+
+def _workers(process: subprocess.Popen) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found]
+
+
+def test_sigterm_saves_and_the_same_command_resumes_the_curve(demo_dir, demo_data, tmp_path):
+    args = _args(demo_dir, demo_data, 12)
+    finetune(2, [*args, "--save", tmp_path / "whole", "--tensorboard-dir", tmp_path / "tb_whole"])
+    command = [*args, "--save", tmp_path / "run", "--tensorboard-dir", tmp_path / "tb_first"]
+    with finetune_process(2, command) as process:
+        _wait_for(process, " iteration        3/", timeout=120)
+        for pid in _workers(process):  # what SLURM does: every task gets the signal
+            subprocess.run(["kill", "-TERM", str(pid)])
+        output = process.communicate(timeout=120)[0]
+    assert process.returncode == 0, output
+    assert "exiting at iteration" in output and "a signal" in output
+    stopped_at = json.loads((tmp_path / "run" / (tmp_path / "run" / "latest").read_text() / "progress.json")
+                            .read_text())["iteration"]
+    assert 3 <= stopped_at < 12
+    finetune(2, [*command[:-1], tmp_path / "tb_second"])  # the same command again
+    whole, resumed = scalars(tmp_path / "tb_whole", "lm loss"), scalars(tmp_path / "tb_second", "lm loss")
+    assert sorted(resumed) == list(range(stopped_at + 1, 13))
+    assert all(resumed[i] == whole[i] for i in resumed)
+
+
+def test_damaged_checkpoint_is_named_and_fallback_resumes_from_the_one_before(demo_dir, demo_data, tmp_path):
+    args = [*_args(demo_dir, demo_data, 8), "--save", tmp_path / "run", "--save-interval", "4"]
+    finetune(1, args)
+    shard = next((tmp_path / "run" / "global_step8").glob("zero_pp_rank_*optim_states.pt"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    failed = finetune(1, [*args, "--train-iters", "10"], check=False)
+    assert failed.returncode != 0
+    assert f"{shard} is truncated or damaged" in failed.stderr
+    resumed = finetune(1, [*args, "--train-iters", "10", "--checkpoint-fallback"])
+    assert "falling back to global_step4" in resumed.stdout
+    assert "training from iteration 4 to 10" in resumed.stdout
+
+
+def test_sigkill_during_a_save_resumes_from_the_checkpoint_before(demo_dir, demo_data, tmp_path):
+    args = [*_args(demo_dir, demo_data, 6), "--save", tmp_path / "run", "--save-interval", "2"]
+    finetune(1, [*args, "--save", tmp_path / "whole", "--tensorboard-dir", tmp_path / "tb_whole"])
+    killed = finetune(1, [*args, "--tensorboard-dir", tmp_path / "tb_killed"], check=False,
+                      script=REPO / "tests" / "helpers" / "killed_save.py", KILL_AT_SAVE="4")
+    assert killed.returncode != 0 and "exitcode  : -9" in killed.stderr
+    run = tmp_path / "run"
+    assert (run / "global_step4" / "progress.json").is_file()  # the half-written save is there ...
+    assert (run / "latest").read_text() == "global_step2"  # ... and never the one `latest` names
+    resumed = finetune(1, [*args, "--tensorboard-dir", tmp_path / "tb_resumed"])  # the same command
+    assert "training from iteration 2 to 6" in resumed.stdout
+    whole, again = scalars(tmp_path / "tb_whole", "lm loss"), scalars(tmp_path / "tb_resumed", "lm loss")
+    assert sorted(again) == [3, 4, 5, 6] and all(again[i] == whole[i] for i in again)
+    assert (run / "latest").read_text() == "global_step6" and (run / "global_step4" / "manifest.json").is_file()
+
+
+def _rank_of(pid: int) -> int:
+    environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return int(next(v for v in environment if v.startswith(b"RANK=")).split(b"=")[1])
+
+
+def test_a_killed_rank_stops_the_others(demo_dir, demo_data, tmp_path):
+    with finetune_process(2, [*_args(demo_dir, demo_data, 2000), "--distributed-timeout-minutes", "1"]) as process:
+        _wait_for(process, " iteration        2/", timeout=120)
+        killed_at = time.time()
+        rank1 = next(pid for pid in _workers(process) if _rank_of(pid) == 1)
+        os.kill(rank1, signal.SIGKILL)
+        output = process.communicate(timeout=90)[0]
+    assert process.returncode != 0
+    assert time.time() - killed_at < 90
+    assert re.search(r"rank\s*: 1 \(local_rank: 1\)\s+exitcode\s*: -9", output), output[-3000:]
+
+
+def test_a_hung_rank_is_named_and_the_others_stop_within_the_timeout(demo_dir, demo_data, tmp_path):
+    args = [*_args(demo_dir, demo_data, 2000), "--distributed-timeout-minutes", "0.25"]
+    with finetune_process(2, args) as process:
+        _wait_for(process, " iteration        2/", timeout=120)
+        frozen_at = time.time()
+        rank1 = next(pid for pid in _workers(process) if _rank_of(pid) == 1)
+        os.kill(rank1, signal.SIGSTOP)  # alive but stuck: no launcher notices, only the collectives
+        output = process.communicate(timeout=150)[0]
+        waited = time.time() - frozen_at
+    assert process.returncode != 0
+    assert waited < 15 + 60, waited  # the timeout, the report, torchrun's teardown
+    assert re.search(r"error: rank 0 \(host \S+\) stopped at iteration \d+: .*no heartbeat from rank 1 "
+                     r"\(host \S+, last finished iteration \d+\) for \d+s: it died or hangs", output), output[-3000:]

@@ -1,0 +1,200 @@
+"""finetune_xp3.py end to end on CPU (gloo, torchrun): every parallel layout gives the
+single-process loss curve, an interrupted run resumes onto the uninterrupted curve, a tiny model
+learns the demo tasks, and bad settings stop before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.paths import run_tool
+from helpers.finetune_runs import finetune, preprocess_demo, scalars, tiny_model_args
+from transformers import BloomConfig, BloomForCausalLM
+
+from megatron.data.tokenizer import HFTokenizer
+from megatron.train.arguments import parse_config
+from megatron.train.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def demo_data(demo_dir, tmp_path_factory) -> dict[str, Path]:
+    return preprocess_demo(demo_dir, tmp_path_factory.mktemp("demo_data"))
+
+
+@pytest.fixture(scope="module")
+def converted_bloom(demo_dir, tmp_path_factory) -> Path:
+    """A tiny random HF BLOOM over the demo tokenizer, converted to our checkpoint (TP1 PP1)."""
+    folder = tmp_path_factory.mktemp("tiny_bloom")
+    torch.manual_seed(0)
+    vocab = HFTokenizer(demo_dir / "tokenizer").vocab_size
+    config = BloomConfig(vocab_size=vocab, hidden_size=32, n_layer=2, n_head=4, hidden_dropout=0.0,
+                         attention_dropout=0.0)
+    BloomForCausalLM(config).save_pretrained(folder / "hf")
+    run_tool("convert_checkpoint/hf_to_megatron.py", "--hf-dir", folder / "hf", "--output-dir", folder / "ours")
+    return folder / "ours"
+
+
+BASE = ["--micro-batch-size", "2", "--global-batch-size", "8", "--lr", "2e-3", "--lr-warmup-iters", "2",
+        "--lr-decay-style", "cosine", "--min-lr", "1e-4"]
+
+
+def test_layouts_give_the_single_process_loss_curve(demo_dir, demo_data, converted_bloom, tmp_path):
+    """TP=2, PP=2, DP=2 (ZeRO-1), TP=2 x PP=2 and DP=2 under ZeRO-2 (whole-model engine), and the
+    last two with the chunked LM head loss (TP=2 x PP=2 also with the compiled bias fusions), each
+    reproduce the loss and gradient-norm curve of one process on the reference path, from the
+    converted checkpoint, with clipping active."""
+    common = [*tiny_model_args(demo_dir, demo_data), *BASE, "--train-iters", "6", "--load", converted_bloom,
+              "--hidden-dropout", "0", "--attention-dropout", "0", "--clip-grad", "0.3", "--eval-iters", "0"]
+    layouts = {
+        "single": (1, []),
+        "tp2": (2, ["--tensor-model-parallel-size", "2"]),
+        "pp2": (2, ["--pipeline-model-parallel-size", "2"]),
+        "dp2_zero1": (2, ["--zero-stage", "1"]),
+        "tp2_pp2": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]),
+        "dp2_zero2": (2, ["--zero-stage", "2"]),
+        "tp2_pp2_fused": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+                              "--lm-head-loss", "chunked", "--bias-gelu-fusion", "--bias-dropout-fusion"]),
+        "dp2_zero2_chunked_head": (2, ["--zero-stage", "2", "--lm-head-loss", "chunked"]),
+    }
+    curves = {}
+    for name, (nprocs, extra) in layouts.items():
+        finetune(nprocs, [*common, *extra, "--tensorboard-dir", tmp_path / name])
+        curves[name] = (scalars(tmp_path / name, "lm loss"), scalars(tmp_path / name, "grad-norm"))
+    losses, norms = curves.pop("single")
+    assert len(losses) == 6 and min(norms.values()) > 0.3  # clipping was at work
+    for name, (layout_losses, layout_norms) in curves.items():
+        for step, loss in losses.items():
+            assert layout_losses[step] == pytest.approx(loss, rel=2e-6, abs=0), (name, step)
+            assert layout_norms[step] == pytest.approx(norms[step], rel=1e-4), (name, step)
+
+
+@pytest.mark.parametrize("dropout", [["--no-bias-dropout-fusion"], ["--bias-dropout-fusion"]],
+                         ids=["reference_dropout", "compiled_dropout"])
+def test_interrupted_run_resumes_onto_the_same_curve(demo_dir, demo_data, tmp_path, dropout):
+    """With dropout on both stages of PP=2 (RNG states matter; eager or compiled hidden dropout)
+    and data loader workers: stop after iteration 4, resume, and iterations 5..8 equal the
+    uninterrupted run's bit for bit."""
+    common = [*tiny_model_args(demo_dir, demo_data), *BASE, "--train-iters", "8",
+              "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+              "--pipeline-model-parallel-size", "2", "--eval-iters", "1", "--eval-interval", "4",
+              "--num-workers", "2", "--checkpoint-activations", *dropout]
+    finetune(2, [*common, "--save", tmp_path / "whole", "--tensorboard-dir", tmp_path / "tb_whole"])
+    first = finetune(2, [*common, "--save", tmp_path / "split", "--exit-interval", "4",
+                         "--tensorboard-dir", tmp_path / "tb_first"])
+    assert "exiting at iteration 4" in first.stdout
+    assert (tmp_path / "split" / "latest").read_text() == "global_step4"
+    progress = json.loads((tmp_path / "split" / "global_step4" / "progress.json").read_text())
+    assert progress["iteration"] == 4 and progress["consumed_samples"] == 32
+    finetune(2, [*common, "--save", tmp_path / "split", "--load", tmp_path / "split",
+                 "--tensorboard-dir", tmp_path / "tb_second"])
+    whole = scalars(tmp_path / "tb_whole", "lm loss")
+    resumed = scalars(tmp_path / "tb_second", "lm loss")
+    assert sorted(resumed) == [5, 6, 7, 8]
+    assert [resumed[i] for i in range(5, 9)] == [whole[i] for i in range(5, 9)]
+    assert scalars(tmp_path / "tb_second", "learning-rate") == {
+        i: v for i, v in scalars(tmp_path / "tb_whole", "learning-rate").items() if i > 4}
+    assert scalars(tmp_path / "tb_second", "lm-loss-validation/valid")[8] == \
+        scalars(tmp_path / "tb_whole", "lm-loss-validation/valid")[8]
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_the_demo_tasks(demo_dir, demo_data, tmp_path):
+    """TP=2 from random init: the validation loss on held-out pairs falls far below its start,
+    and the saved checkpoint converts to a HF model."""
+    result = finetune(2, [*tiny_model_args(demo_dir, demo_data, seq_length=128),
+                          "--tensor-model-parallel-size", "2", "--num-layers", "2", "--hidden-size", "64",
+                          "--num-attention-heads", "4", "--micro-batch-size", "4", "--global-batch-size", "16",
+                          "--train-iters", "120", "--lr", "3e-3", "--lr-warmup-iters", "5",
+                          "--hidden-dropout", "0", "--attention-dropout", "0", "--norm-target-loss",
+                          "--eval-interval", "120", "--eval-iters", "2", "--log-interval", "10",
+                          "--save", tmp_path / "run", "--tensorboard-dir", tmp_path / "tb"])
+    valid = scalars(tmp_path / "tb", "lm-loss-validation/valid")
+    assert valid[120] < 0.5 * valid[0], valid
+    line = next(line for line in result.stdout.splitlines() if " iteration      120/" in line)
+    for field in ("consumed samples", "consumed tokens", "lm loss", "learning rate", "grad norm",
+                  "skipped iterations", "tokens/s", "target tokens/s", "TFLOPs/device", "MFU", "memory"):
+        assert field in line
+    run_tool("convert_checkpoint/megatron_to_hf.py", "--checkpoint-dir", tmp_path / "run",
+             "--output-dir", tmp_path / "hf", "--tokenizer-dir", demo_dir / "tokenizer")
+    assert BloomForCausalLM.from_pretrained(tmp_path / "hf").config.n_layer == 2
+
+
+def test_nonfinite_loss_stops_the_run_or_skips_its_step(demo_dir, demo_data, tmp_path):
+    """A learning rate that blows the weights up: the NaN loss is reported with its iteration;
+    by default the run stops without saving, with --nonfinite-loss skip the steps are skipped."""
+    args = [*tiny_model_args(demo_dir, demo_data), *BASE, "--lr", "1e30", "--lr-warmup-iters", "0",
+            "--clip-grad", "0", "--train-iters", "3", "--num-layers", "1", "--hidden-size", "16",
+            "--num-attention-heads", "2", "--eval-iters", "0"]
+    stopped = finetune(1, [*args, "--save", tmp_path / "stopped"], check=False)
+    assert stopped.returncode == 1
+    assert "error: iteration 2: the loss is nan" in stopped.stderr
+    assert not (tmp_path / "stopped" / "latest").exists()
+    skipped = finetune(1, [*args, "--nonfinite-loss", "skip", "--tensorboard-dir", tmp_path / "tb"])
+    assert "iteration 2: the loss is nan; its optimizer step was skipped" in skipped.stdout
+    assert scalars(tmp_path / "tb", "skipped-iterations")[3] == 2
+
+
+def _bloomz_script_flags(tmp_path: Path) -> list[str]:
+    """The flags of a BLOOMZ launch script (bigscience tr13f), as written there."""
+    (tmp_path / "train.txt").write_text('"train: 1 0:1 data/xp3_en"')
+    (tmp_path / "valid.txt").write_text('"valid_en: 1 0:1 data/xp3_en_valid" "valid_fr: 1 0:1 data/xp3_fr_valid"')
+    (tmp_path / "ds_config.json").write_text(json.dumps({
+        "train_micro_batch_size_per_gpu": 1, "train_batch_size": 2048, "gradient_clipping": 1.0,
+        "zero_optimization": {"stage": 1}, "fp16": {"enabled": True, "loss_scale": 0,
+                                                    "loss_scale_window": 500, "hysteresis": 2,
+                                                    "min_loss_scale": 1, "initial_scale_power": 12},
+        "steps_per_print": 2000, "wall_clock_breakdown": False}))
+    return ("--tensor-model-parallel-size 1 --pipeline-model-parallel-size 1 --num-layers 30 "
+            "--hidden-size 4096 --num-attention-heads 32 --seq-length 2048 --max-position-embeddings 2048 "
+            "--position-embedding-type alibi --micro-batch-size 1 --global-batch-size 2048 "
+            "--train-samples 6348800 --tokenizer-type PretrainedFromHF --tokenizer-name-or-path bloom "
+            "--init-method-std 0.0048 --embed-layernorm --fp16 --seed 42 --checkpoint-activations "
+            "--abort-on-unmet-fused-kernel-constraints --kill-switch-path /tmp/kill --pad-vocab-size-to 250880 "
+            "--norm-target-loss --reset-progress --no-load-optim --optimizer adam --adam-beta1 0.9 "
+            "--adam-beta2 0.95 --adam-eps 1e-8 --lr 2e-5 --lr-decay-style constant --lr-warmup-samples 0 "
+            "--clip-grad 1.0 --weight-decay 1e-4 --log-interval 1 --save-interval 250 --eval-interval 250 "
+            "--eval-iters 10 --tensorboard-dir tb --tensorboard-queue-size 5 --log-timers-to-tensorboard "
+            "--log-batch-size-to-tensorboard --log-validation-ppl-to-tensorboard --save ckpt --load ckpt "
+            f"--train-weighted-split-paths-path {tmp_path}/train.txt "
+            f"--valid-weighted-split-paths-path {tmp_path}/valid.txt "
+            "--dataloader-type single --data-impl mmap --pp-partition-method type:transformer|embedding "
+            "--sync-tp-duplicated-parameters --universal-checkpoint --deepspeed "
+            f"--deepspeed_config {tmp_path}/ds_config.json --zero-stage 1 "
+            "--deepspeed-activation-checkpointing").split()
+
+
+def test_bloomz_launch_script_flags_parse_as_written(tmp_path):
+    config = parse_config(_bloomz_script_flags(tmp_path), world_size=64)
+    assert (config.parallel.data, config.batch.gradient_accumulation) == (64, 32)
+    assert config.precision == "fp16" and config.parallel.zero_stage == 1
+    assert [group.name for group in config.data.valid] == ["valid_en", "valid_fr"]
+    assert config.train_iters == 6348800 // 2048 and config.optimizer.beta2 == 0.95
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--global-batch-size", "100"], "--global-batch-size 100 is not divisible by --micro-batch-size 1 x data-parallel size 64"),
+    (["--tensor-model-parallel-size", "3"], "not divisible by --tensor-model-parallel-size 3"),
+    (["--tensor-model-parallel-size", "64", "--global-batch-size", "64"], "does not divide --num-attention-heads 32"),
+    (["--pipeline-model-parallel-size", "2", "--zero-stage", "2"], "ZeRO stage 2 does not work with pipeline"),
+    (["--bf16"], "argument --bf16: not allowed with argument --fp16"),
+    (["--clip-grad", "0.5"], "sets gradient_clipping=1.0 but the flags give 0.5 (--clip-grad)"),
+    (["--lr-warmup-samples", "5", "--lr-warmup-iters", "10"], "give --lr-warmup-iters or --lr-warmup-samples, not both"),
+])
+def test_conflicting_settings_stop_before_any_work(tmp_path, capsys, change, message):
+    from megatron.train.deepspeed_config import deepspeed_config
+
+    argv = _bloomz_script_flags(tmp_path) + change
+    with pytest.raises((ConfigError, SystemExit)) as error:
+        deepspeed_config(parse_config(argv, world_size=64))
+    text = str(error.value) if error.type is ConfigError else capsys.readouterr().err
+    assert message in text
+
+
+def test_bad_flags_exit_with_a_message_and_no_processes_started(demo_dir, demo_data, tmp_path):
+    result = finetune(2, [*tiny_model_args(demo_dir, demo_data), "--micro-batch-size", "3", "--global-batch-size", "8",
+                          "--train-iters", "2", "--lr", "1e-3", "--num-layers", "1", "--hidden-size", "16",
+                          "--num-attention-heads", "2"], check=False)
+    assert result.returncode != 0
+    assert "--global-batch-size 8 is not divisible by --micro-batch-size 3 x data-parallel size 2" in result.stderr
