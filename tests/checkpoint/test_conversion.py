@@ -60,6 +60,7 @@ def test_round_trip_through_tp2_pp2_is_bit_identical(hf_dir, tmp_path):
     assert (tmp_path / "back" / "tokenizer.json").read_bytes() == (hf_dir / "tokenizer.json").read_bytes()
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 def test_exported_folder_gives_our_models_logits(hf_dir, tmp_path):
     run_tool(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours", "--target-tp", "2")
@@ -176,6 +177,7 @@ def test_missing_layer_file_is_named(hf_dir, tmp_path):
 
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 def test_deepspeed_pipeline_module_loads_our_checkpoint_at_tp2_pp2(hf_dir, tmp_path):
     from helpers.bloom_workers import pipeline_load_worker

@@ -114,6 +114,7 @@ def _build_in_process(rank: int, world: int, port: int, folder: str, results) ->
         dist.destroy_process_group()
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 def test_one_rank_builds_the_cache_and_the_others_load_it(tmp_path):
     from helpers.distributed import free_port

@@ -90,6 +90,7 @@ def test_chunked_lm_head_loss_scales_its_gradients_by_the_loss_scale_once():
         torch.autograd.grad(loss, leaves)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 def test_chunked_lm_head_loss_matches_the_reference_at_tp2(tmp_path):
     out = str(tmp_path / "differences")

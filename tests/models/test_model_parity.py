@@ -28,6 +28,7 @@ def parity_results(tmp_path_factory):
     return torch.load(out)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 @pytest.mark.parametrize("heads", HEADS)
 @pytest.mark.parametrize("tp", [1, 2])
@@ -35,6 +36,7 @@ def test_logits_match_transformers(parity_results, heads, tp):
     assert parity_results[f"heads{heads}_tp{tp}_logits"] < 1e-5
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 @pytest.mark.parametrize("heads", HEADS)
 @pytest.mark.parametrize("tp", [1, 2])
@@ -42,6 +44,7 @@ def test_packed_pairs_match_each_pair_alone(parity_results, heads, tp):
     assert parity_results[f"heads{heads}_tp{tp}_packed"] < 1e-5
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 @pytest.mark.parametrize("heads", HEADS)
 def test_loss_and_gradients_at_tp2_match_tp1(parity_results, heads):

@@ -43,6 +43,7 @@ def _workers(process: subprocess.Popen) -> list[int]:
     return [int(pid) for pid in found]
 
 
+@pytest.mark.multiprocess
 def test_sigterm_saves_and_the_same_command_resumes_the_curve(demo_dir, demo_data, tmp_path):
     args = _args(demo_dir, demo_data, 12)
     finetune(2, [*args, "--save", tmp_path / "whole", "--tensorboard-dir", tmp_path / "tb_whole"])
@@ -63,6 +64,7 @@ def test_sigterm_saves_and_the_same_command_resumes_the_curve(demo_dir, demo_dat
     assert all(resumed[i] == whole[i] for i in resumed)
 
 
+@pytest.mark.multiprocess
 def test_damaged_checkpoint_is_named_and_fallback_resumes_from_the_one_before(demo_dir, demo_data, tmp_path):
     args = [*_args(demo_dir, demo_data, 8), "--save", tmp_path / "run", "--save-interval", "4"]
     finetune(1, args)
@@ -76,6 +78,7 @@ def test_damaged_checkpoint_is_named_and_fallback_resumes_from_the_one_before(de
     assert "training from iteration 4 to 10" in resumed.stdout
 
 
+@pytest.mark.multiprocess
 def test_sigkill_during_a_save_resumes_from_the_checkpoint_before(demo_dir, demo_data, tmp_path):
     args = [*_args(demo_dir, demo_data, 6), "--save", tmp_path / "run", "--save-interval", "2"]
     finetune(1, [*args, "--save", tmp_path / "whole", "--tensorboard-dir", tmp_path / "tb_whole"])
@@ -97,6 +100,7 @@ def _rank_of(pid: int) -> int:
     return int(next(v for v in environment if v.startswith(b"RANK=")).split(b"=")[1])
 
 
+@pytest.mark.multiprocess
 def test_a_killed_rank_stops_the_others(demo_dir, demo_data, tmp_path):
     with finetune_process(2, [*_args(demo_dir, demo_data, 2000), "--distributed-timeout-minutes", "1"]) as process:
         _wait_for(process, " iteration        2/", timeout=120)
@@ -109,6 +113,7 @@ def test_a_killed_rank_stops_the_others(demo_dir, demo_data, tmp_path):
     assert re.search(r"rank\s*: 1 \(local_rank: 1\)\s+exitcode\s*: -9", output), output[-3000:]
 
 
+@pytest.mark.multiprocess
 def test_a_hung_rank_is_named_and_the_others_stop_within_the_timeout(demo_dir, demo_data, tmp_path):
     args = [*_args(demo_dir, demo_data, 2000), "--distributed-timeout-minutes", "0.25"]
     with finetune_process(2, args) as process:

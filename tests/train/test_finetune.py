@@ -40,6 +40,7 @@ BASE = ["--micro-batch-size", "2", "--global-batch-size", "8", "--lr", "2e-3", "
         "--lr-decay-style", "cosine", "--min-lr", "1e-4"]
 
 
+@pytest.mark.multiprocess
 def test_layouts_give_the_single_process_loss_curve(demo_dir, demo_data, converted_bloom, tmp_path):
     """TP=2, PP=2, DP=2 (ZeRO-1), TP=2 x PP=2 and DP=2 under ZeRO-2 (whole-model engine), and the
     last two with the chunked LM head loss (TP=2 x PP=2 also with the compiled bias fusions), each
@@ -72,6 +73,7 @@ def test_layouts_give_the_single_process_loss_curve(demo_dir, demo_data, convert
 
 @pytest.mark.parametrize("dropout", [["--no-bias-dropout-fusion"], ["--bias-dropout-fusion"]],
                          ids=["reference_dropout", "compiled_dropout"])
+@pytest.mark.multiprocess
 def test_interrupted_run_resumes_onto_the_same_curve(demo_dir, demo_data, tmp_path, dropout):
     """With dropout on both stages of PP=2 (RNG states matter; eager or compiled hidden dropout)
     and data loader workers: stop after iteration 4, resume, and iterations 5..8 equal the
@@ -99,6 +101,7 @@ def test_interrupted_run_resumes_onto_the_same_curve(demo_dir, demo_data, tmp_pa
         scalars(tmp_path / "tb_whole", "lm-loss-validation/valid")[8]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 def test_tiny_model_learns_the_demo_tasks(demo_dir, demo_data, tmp_path):
     """TP=2 from random init: the validation loss on held-out pairs falls far below its start,
@@ -121,6 +124,7 @@ def test_tiny_model_learns_the_demo_tasks(demo_dir, demo_data, tmp_path):
     assert BloomForCausalLM.from_pretrained(tmp_path / "hf").config.n_layer == 2
 
 
+@pytest.mark.multiprocess
 def test_nonfinite_loss_stops_the_run_or_skips_its_step(demo_dir, demo_data, tmp_path):
     """A learning rate that blows the weights up: the NaN loss is reported with its iteration;
     by default the run stops without saving, with --nonfinite-loss skip the steps are skipped."""
@@ -192,6 +196,7 @@ def test_conflicting_settings_stop_before_any_work(tmp_path, capsys, change, mes
     assert message in text
 
 
+@pytest.mark.multiprocess
 def test_bad_flags_exit_with_a_message_and_no_processes_started(demo_dir, demo_data, tmp_path):
     result = finetune(2, [*tiny_model_args(demo_dir, demo_data), "--micro-batch-size", "3", "--global-batch-size", "8",
                           "--train-iters", "2", "--lr", "1e-3", "--num-layers", "1", "--hidden-size", "16",
