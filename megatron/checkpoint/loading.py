@@ -27,7 +27,7 @@ def load_layers_into_model(model: nn.Module, layer_tensors: LayerSource, adapter
 def _stage_modules(module) -> Iterator[tuple[int, nn.Module]]:
     """(pipeline layer index, module) of each layer with parameters on this stage of a
     `PipelineModule`, tied layers excluded."""
-    first = module.partitions()[module.stage_id]
+    first = int(module.partitions()[module.stage_id])
     for offset, layer_module in enumerate(module.forward_funcs):
         if isinstance(layer_module, nn.Module) and layer_module not in module.tied_modules.values():
             yield first + offset, layer_module

@@ -143,7 +143,7 @@ def pipeline_load_worker(rank: int, world: int, port: int, checkpoint: str, hf_f
             for local, tensor in hf.layer(layer, source.config).items()
         }
         report = {"stage": parallel_state.get_pipeline_model_parallel_rank(), "layers": [], "max_error": 0.0}
-        first = module.partitions()[module.stage_id]
+        first = int(module.partitions()[module.stage_id])
         for index, layer in enumerate(module.forward_funcs):
             if isinstance(layer, torch.nn.Module):  # the tied embedding included
                 global_index = first + index
