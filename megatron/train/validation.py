@@ -21,11 +21,11 @@ def check_global_batch(global_batch: int, micro: int, dp: int, world: int, tp: i
                           f"{micro} x data-parallel size {dp} (world {world} / TP {tp} / PP {pp})")
 
 
-def samples(iters: int | None, samples: int | None, global_batch: int, name: str) -> int | None:
-    """`--NAME-iters` or `--NAME-samples` as a sample count (None when neither is given)."""
-    if iters and samples:
+def samples(iters: int | None, count: int | None, global_batch: int, name: str) -> int | None:
+    """`--NAME-iters` or `--NAME-samples` (`count`) as a sample count (None when neither is given)."""
+    if iters and count:
         raise ConfigError(f"give --{name}-iters or --{name}-samples, not both")
-    return iters * global_batch if iters else samples
+    return iters * global_batch if iters else count
 
 
 def validate(train: TrainConfig) -> None:

@@ -15,8 +15,6 @@ from megatron.core import tensor_parallel
 from megatron.kernels.lm_head_loss import lm_head_loss
 from megatron.models.common.lm_head import lm_logits
 
-LM_HEAD_LOSSES = ("reference", "chunked")
-
 
 def loss_weights(loss_mask: torch.Tensor, segment_ids: torch.Tensor, norm_target_loss: bool) -> torch.Tensor:
     """Weights `w` with `loss = (w * token_losses).sum()`; they sum to 1 unless no token counts."""
