@@ -19,8 +19,13 @@ if not torch.cuda.is_available():  # DeepSpeed on CPU, also when pytest runs wit
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
+    """Skipped where the folder is absent (outside users), a failure where it must be there
+    (`XP3_REQUIRE_REFERENCE_DATA=1`, set by `.ci/run`)."""
     if not REFERENCE_DIR.is_dir():
-        pytest.skip(f"reference data not found at {REFERENCE_DIR}")
+        message = f"reference data not found at {REFERENCE_DIR}"
+        if os.environ.get("XP3_REQUIRE_REFERENCE_DATA") == "1":
+            pytest.fail(f"{message}, and XP3_REQUIRE_REFERENCE_DATA=1 says it must be there")
+        pytest.skip(message)
     return REFERENCE_DIR
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from helpers.paths import REPO
 from helpers.distributed import free_port
 
@@ -18,6 +19,7 @@ def _bench(script: str, *args: str) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_train_step_benchmark_reports_every_version():
     out = _bench("train_step.py", "--model", "tiny", "--steps", "1", "--dtype", "fp32", "--seq-length", "128")
     for line in ("(a) ours, fused ", "(b) ours, reference path ", "(c) transformers, padded ",
@@ -26,6 +28,7 @@ def test_train_step_benchmark_reports_every_version():
         assert line in out, (line, out)
 
 
+@pytest.mark.slow
 def test_lm_head_benchmark_reports_both_methods_and_their_ratio():
     out = _bench("lm_head.py", "--hidden-size", "64", "--vocab-size", "50000", "--rows", "1", "--seq-length", "512",
                  "--dtype", "fp32", "--steps", "1")

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import torch
 from helpers.distributed import free_port
-
 from helpers.paths import REPO, run_tool
+
+from megatron.checkpoint.layout import tag_step, write_latest
 
 
 def preprocess_demo(demo_dir: Path, out: Path) -> dict[str, Path]:
@@ -47,6 +53,63 @@ def _command(nprocs: int, args: list, script: Path = FINETUNE, **env_vars: str) 
     return command, env
 
 
+class RunningFinetune:
+    """A started finetune whose merged output a thread reads line by line, so a test waits for
+    a line or the end with a deadline and never blocks on a pipe that stays silent."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        """Until a line containing `text` appears; AssertionError (with the output) if the run
+        ends or `timeout` seconds pass first."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.lines.append(line)
+            if text in line:
+                return
+        raise AssertionError(f"{text!r} did not appear within {timeout}s:\n{self.output[-3000:]}")
+
+    def finish(self, timeout: float) -> str:
+        """The whole output once the run has ended (killed after `timeout` seconds)."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"the run did not end within {timeout}s:\n{self.output[-3000:]}") from None
+        while (line := self._queue.get(timeout=30)) is not None:
+            self.lines.append(line)
+        return self.output
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    def workers(self) -> list[int]:
+        """The pids of torchrun's worker processes."""
+        found = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout.split()
+        return [int(pid) for pid in found]
+
+
 @contextlib.contextmanager
 def finetune_process(nprocs: int, args: list):
     """A running finetune (torchrun and its workers), stdout and stderr merged; killed if still
@@ -55,11 +118,11 @@ def finetune_process(nprocs: int, args: list):
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                cwd=REPO, env=env)
     try:
-        yield process
+        yield RunningFinetune(process)
     finally:
         if process.poll() is None:
             process.kill()
-            process.communicate()
+            process.wait()
 
 
 def finetune(nprocs: int, args: list, check: bool = True, timeout: float = 600, script: Path = FINETUNE,
@@ -71,6 +134,21 @@ def finetune(nprocs: int, args: list, check: bool = True, timeout: float = 600, 
         raise AssertionError(f"finetune_xp3.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
                              f"{result.stderr[-6000:]}")
     return result
+
+
+def final_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the layer files of `folder`'s latest checkpoint, by file and name."""
+    tag = folder / (folder / "latest").read_text()
+    return {f"{path.name}:{name}": tensor for path in sorted(tag.glob("layer_*-model_states.pt"))
+            for name, tensor in torch.load(path).items() if isinstance(tensor, torch.Tensor)}
+
+
+def copy_as_of(run: Path, tag: str, folder: Path) -> Path:
+    """`folder`: the checkpoint folder `run` as it was when `tag` was its newest checkpoint (what
+    a relaunch after a preemption at that point finds in --save)."""
+    shutil.copytree(run, folder, ignore=lambda _, names: [n for n in names if n.startswith("global_step") and n != tag])
+    write_latest(folder, tag, tag_step(tag))
+    return folder
 
 
 def scalars(tensorboard_dir: Path, tag: str) -> dict[int, float]:

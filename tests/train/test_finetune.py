@@ -1,21 +1,24 @@
 """finetune_xp3.py end to end on CPU (gloo, torchrun): every parallel layout gives the
-single-process loss curve, an interrupted run resumes onto the uninterrupted curve, a tiny model
-learns the demo tasks, and bad settings stop before any work."""
+single-process loss curve, an interrupted run resumes onto the uninterrupted curve at several
+layouts, the learning rate follows Megatron's schedule, a tiny model learns the demo tasks, and bad
+settings stop before any work."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from helpers.paths import run_tool
-from helpers.finetune_runs import finetune, preprocess_demo, scalars, tiny_model_args
+from helpers.finetune_runs import copy_as_of, final_weights, finetune, preprocess_demo, scalars, tiny_model_args
 from transformers import BloomConfig, BloomForCausalLM
 
 from megatron.data.tokenizer import HFTokenizer
 from megatron.train.arguments import parse_config
 from megatron.train.errors import ConfigError
+from megatron.train.lr_schedule import LRSchedule
 
 
 @pytest.fixture(scope="module")
@@ -40,28 +43,42 @@ BASE = ["--micro-batch-size", "2", "--global-batch-size", "8", "--lr", "2e-3", "
         "--lr-decay-style", "cosine", "--min-lr", "1e-4"]
 
 
+# The reference path, named: the defaults pick the fused paths where a GPU is.
+REFERENCE_PATH = ["--attention-backend", "reference", "--lm-head-loss", "reference", "--no-bias-gelu-fusion",
+                  "--no-bias-dropout-fusion"]
+TP2, PP2 = ["--tensor-model-parallel-size", "2"], ["--pipeline-model-parallel-size", "2"]
+FUSED = ["--lm-head-loss", "chunked", "--bias-gelu-fusion", "--bias-dropout-fusion"]
+
+
 @pytest.mark.multiprocess
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_layouts_give_the_single_process_loss_curve(demo_dir, demo_data, converted_bloom, tmp_path):
-    """TP=2, PP=2, DP=2 (ZeRO-1), TP=2 x PP=2 and DP=2 under ZeRO-2 (whole-model engine), and the
-    last two with the chunked LM head loss (TP=2 x PP=2 also with the compiled bias fusions), each
-    reproduce the loss and gradient-norm curve of one process on the reference path, from the
-    converted checkpoint, with clipping active."""
+    """TP=2, PP=2, DP=2 (ZeRO-1), TP=2 x PP=2, DP=2 x TP=2, DP=2 x PP=2, and DP=2 under ZeRO-2 and
+    ZeRO-3 (whole-model engine), and two of them with the chunked LM head loss (TP=2 x PP=2 also
+    with the compiled bias fusions), each reproduce the loss and gradient-norm curve of one
+    process on the reference path, from the converted checkpoint, with clipping active."""
     common = [*tiny_model_args(demo_dir, demo_data), *BASE, "--train-iters", "6", "--load", converted_bloom,
-              "--hidden-dropout", "0", "--attention-dropout", "0", "--clip-grad", "0.3", "--eval-iters", "0"]
+              "--hidden-dropout", "0", "--attention-dropout", "0", "--clip-grad", "0.3", "--eval-iters", "0",
+              *REFERENCE_PATH]
     layouts = {
         "single": (1, []),
-        "tp2": (2, ["--tensor-model-parallel-size", "2"]),
-        "pp2": (2, ["--pipeline-model-parallel-size", "2"]),
+        "tp2": (2, TP2),
+        "pp2": (2, PP2),
         "dp2_zero1": (2, ["--zero-stage", "1"]),
-        "tp2_pp2": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]),
+        "tp2_pp2": (4, [*TP2, *PP2]),
+        "dp2_tp2": (4, TP2),
+        "dp2_pp2": (4, PP2),
         "dp2_zero2": (2, ["--zero-stage", "2"]),
-        "tp2_pp2_fused": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
-                              "--lm-head-loss", "chunked", "--bias-gelu-fusion", "--bias-dropout-fusion"]),
+        "dp2_zero3": (2, ["--zero-stage", "3"]),
+        "tp2_pp2_fused": (4, [*TP2, *PP2, *FUSED]),
         "dp2_zero2_chunked_head": (2, ["--zero-stage", "2", "--lm-head-loss", "chunked"]),
     }
     curves = {}
     for name, (nprocs, extra) in layouts.items():
-        finetune(nprocs, [*common, *extra, "--tensorboard-dir", tmp_path / name])
+        result = finetune(nprocs, [*common, *extra, "--tensorboard-dir", tmp_path / name])
+        if name == "dp2_tp2":
+            assert "TP=2 PP=1 DP=2" in result.stdout
         curves[name] = (scalars(tmp_path / name, "lm loss"), scalars(tmp_path / name, "grad-norm"))
     losses, norms = curves.pop("single")
     assert len(losses) == 6 and min(norms.values()) > 0.3  # clipping was at work
@@ -71,34 +88,87 @@ def test_layouts_give_the_single_process_loss_curve(demo_dir, demo_data, convert
             assert layout_norms[step] == pytest.approx(norms[step], rel=1e-4), (name, step)
 
 
-@pytest.mark.parametrize("dropout", [["--no-bias-dropout-fusion"], ["--bias-dropout-fusion"]],
-                         ids=["reference_dropout", "compiled_dropout"])
+def megatron_lr(iteration: int, lr: float, min_lr: float, warmup: int, decay: int, style: str) -> float:
+    """Megatron's learning rate after `iteration` applied steps (warmup and decay in steps):
+    linear warmup from 0, then constant, or linear or cosine decay to `min_lr` at `decay`, then
+    `min_lr`."""
+    if warmup and iteration <= warmup:
+        return lr * iteration / warmup
+    if style == "constant":
+        return lr
+    if iteration > decay:
+        return min_lr
+    ratio = (iteration - warmup) / (decay - warmup)
+    coefficient = 1 - ratio if style == "linear" else 0.5 * (math.cos(math.pi * ratio) + 1)
+    return min_lr + coefficient * (lr - min_lr)
+
+
+@pytest.mark.parametrize("style", ["constant", "linear", "cosine"])
+def test_lr_schedule_follows_megatron(style):
+    """The schedule, stepped one global batch (of 16 samples) per applied step, at every
+    iteration through warmup (10 steps), decay (to step 100) and after it; and it is what the
+    optimizer's parameter groups get."""
+    args = parse_config(["--tokenizer-name-or-path", "unused", "--seq-length", "8", "--num-layers", "1",
+                         "--hidden-size", "8", "--num-attention-heads", "1", "--micro-batch-size", "16",
+                         "--train-iters", "120",
+                         "--lr", "3e-4", "--min-lr", "3e-5", "--lr-warmup-iters", "10", "--lr-decay-iters", "100",
+                         "--lr-decay-style", style, "--data-path", "unused"], world_size=1)
+    schedule = LRSchedule(args.optimizer, args.batch.global_batch)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    for step in range(121):
+        expected = megatron_lr(step, 3e-4, 3e-5, 10, 100, style)
+        assert schedule.apply(optimizer) == pytest.approx(expected, rel=1e-12, abs=1e-18), step
+        assert optimizer.param_groups[0]["lr"] == schedule.lr()
+        schedule.step()
+    assert megatron_lr(55, 3e-4, 3e-5, 10, 100, "cosine") == pytest.approx(3e-5 + 0.5 * 2.7e-4)  # halfway
+
+
+RESUME_LAYOUTS = {
+    "pp2_eager_dropout": (2, [*PP2, "--no-bias-dropout-fusion", "--num-workers", "2"]),
+    "pp2_compiled_dropout": (2, [*PP2, "--bias-dropout-fusion"]),
+    "tp2": (2, TP2),
+    "dp2_zero2": (2, ["--zero-stage", "2"]),
+    "dp2_zero3": (2, ["--zero-stage", "3"]),
+}
+
+
+@pytest.mark.parametrize("layout", RESUME_LAYOUTS)
 @pytest.mark.multiprocess
-def test_interrupted_run_resumes_onto_the_same_curve(demo_dir, demo_data, tmp_path, dropout):
-    """With dropout on both stages of PP=2 (RNG states matter; eager or compiled hidden dropout)
-    and data loader workers: stop after iteration 4, resume, and iterations 5..8 equal the
-    uninterrupted run's bit for bit."""
+@pytest.mark.slow
+def test_interrupted_run_resumes_onto_the_same_curve(demo_dir, demo_data, tmp_path, layout):
+    """With dropout on (RNG states matter; eager or compiled hidden dropout; TP ranks with their
+    own generator) and activation recomputation: a relaunch from the checkpoint of iteration 4
+    gives iterations 5..8 of the uninterrupted run bit for bit, and the same final weights; its
+    learning rates follow Megatron's formula. Without the saved RNG states (--no-load-rng) the
+    curve departs at once: the comparison sees the dropout masks."""
+    nprocs, extra = RESUME_LAYOUTS[layout]
     common = [*tiny_model_args(demo_dir, demo_data), *BASE, "--train-iters", "8",
               "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
-              "--pipeline-model-parallel-size", "2", "--eval-iters", "1", "--eval-interval", "4",
-              "--num-workers", "2", "--checkpoint-activations", *dropout]
-    finetune(2, [*common, "--save", tmp_path / "whole", "--tensorboard-dir", tmp_path / "tb_whole"])
-    first = finetune(2, [*common, "--save", tmp_path / "split", "--exit-interval", "4",
-                         "--tensorboard-dir", tmp_path / "tb_first"])
-    assert "exiting at iteration 4" in first.stdout
-    assert (tmp_path / "split" / "latest").read_text() == "global_step4"
+              "--eval-iters", "1", "--eval-interval", "4", "--checkpoint-activations", "--save-interval", "4",
+              *REFERENCE_PATH, *extra]
+    finetune(nprocs, [*common, "--save", tmp_path / "whole", "--tensorboard-dir", tmp_path / "tb_whole"])
+    copy_as_of(tmp_path / "whole", "global_step4", tmp_path / "split")
     progress = json.loads((tmp_path / "split" / "global_step4" / "progress.json").read_text())
     assert progress["iteration"] == 4 and progress["consumed_samples"] == 32
-    finetune(2, [*common, "--save", tmp_path / "split", "--load", tmp_path / "split",
-                 "--tensorboard-dir", tmp_path / "tb_second"])
+    second = finetune(nprocs, [*common, "--save", tmp_path / "split", "--tensorboard-dir", tmp_path / "tb_second"])
+    assert "training from iteration 4 to 8" in second.stdout
     whole = scalars(tmp_path / "tb_whole", "lm loss")
     resumed = scalars(tmp_path / "tb_second", "lm loss")
     assert sorted(resumed) == [5, 6, 7, 8]
     assert [resumed[i] for i in range(5, 9)] == [whole[i] for i in range(5, 9)]
-    assert scalars(tmp_path / "tb_second", "learning-rate") == {
-        i: v for i, v in scalars(tmp_path / "tb_whole", "learning-rate").items() if i > 4}
+    final, expected = final_weights(tmp_path / "split"), final_weights(tmp_path / "whole")
+    assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in final)
+    lrs = scalars(tmp_path / "tb_whole", "learning-rate")  # iteration i runs at the LR after i - 1 steps
+    assert lrs == pytest.approx({i: megatron_lr(i - 1, 2e-3, 1e-4, 2, 8, "cosine") for i in range(1, 9)},
+                                rel=1e-6, abs=1e-12)
+    assert scalars(tmp_path / "tb_second", "learning-rate") == {i: v for i, v in lrs.items() if i > 4}
     assert scalars(tmp_path / "tb_second", "lm-loss-validation/valid")[8] == \
         scalars(tmp_path / "tb_whole", "lm-loss-validation/valid")[8]
+    if layout == "tp2":
+        copy_as_of(tmp_path / "whole", "global_step4", tmp_path / "no_rng")
+        finetune(nprocs, [*common, "--save", tmp_path / "no_rng", "--no-load-rng", "--train-iters", "5",
+                          "--tensorboard-dir", tmp_path / "tb_no_rng"])
+        assert scalars(tmp_path / "tb_no_rng", "lm loss")[5] != whole[5]
 
 
 @pytest.mark.multiprocess
@@ -125,6 +195,7 @@ def test_tiny_model_learns_the_demo_tasks(demo_dir, demo_data, tmp_path):
 
 
 @pytest.mark.multiprocess
+@pytest.mark.slow
 def test_nonfinite_loss_stops_the_run_or_skips_its_step(demo_dir, demo_data, tmp_path):
     """A learning rate that blows the weights up: the NaN loss is reported with its iteration;
     by default the run stops without saving, with --nonfinite-loss skip the steps are skipped."""
@@ -197,9 +268,13 @@ def test_conflicting_settings_stop_before_any_work(tmp_path, capsys, change, mes
 
 
 @pytest.mark.multiprocess
-def test_bad_flags_exit_with_a_message_and_no_processes_started(demo_dir, demo_data, tmp_path):
+@pytest.mark.slow
+def test_bad_flags_stop_every_rank_with_a_message_before_distributed_start(demo_dir, demo_data, tmp_path):
+    """torchrun starts both workers; each checks the flags and exits with status 2 (a ConfigError)
+    before any process group, model or data exists."""
     result = finetune(2, [*tiny_model_args(demo_dir, demo_data), "--micro-batch-size", "3", "--global-batch-size", "8",
                           "--train-iters", "2", "--lr", "1e-3", "--num-layers", "1", "--hidden-size", "16",
                           "--num-attention-heads", "2"], check=False)
-    assert result.returncode != 0
+    assert result.returncode != 0 and "exitcode  : 2" in result.stderr
     assert "--global-batch-size 8 is not divisible by --micro-batch-size 3 x data-parallel size 2" in result.stderr
+    assert "training from" not in result.stdout
