@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 from helpers.bloom_workers import checkpoint_logits_worker
 from helpers.tiny import VOCAB, make_hf_model
-from helpers.paths import run_tool
+from helpers.paths import run_tool, tool_main
 from helpers.distributed import free_port
 from safetensors import safe_open
 from transformers import BloomForCausalLM
@@ -25,13 +25,17 @@ TO_MEGATRON = "convert_checkpoint/hf_to_megatron.py"
 TO_HF = "convert_checkpoint/megatron_to_hf.py"
 
 
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory, demo_dir) -> Path:
-    folder = tmp_path_factory.mktemp("hf") / "bloom"
-    make_hf_model(str(folder), num_heads=4, seed=3)
+def write_hf_dir(folder: Path, demo_dir: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """The tiny HF BLOOM the tests convert, saved in `dtype`, with the demo tokenizer."""
+    make_hf_model(str(folder), num_heads=4, seed=3, dtype=dtype)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(demo_dir / "tokenizer" / name, folder / name)
     return folder
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory, demo_dir) -> Path:
+    return write_hf_dir(tmp_path_factory.mktemp("hf") / "bloom", demo_dir)
 
 
 def hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -42,21 +46,28 @@ def hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def test_round_trip_through_tp2_pp2_is_bit_identical(hf_dir, tmp_path):
-    run_tool(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours", "--target-tp", "2", "--target-pp", "2")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_round_trip_through_tp2_pp2_is_bit_identical(hf_dir, demo_dir, tmp_path, dtype):
+    """Every tensor comes back bit for bit, in the dtype it was saved in (fp32, or bf16 as BLOOM
+    is published), and config.json names that dtype. (The tools' `main` in this process: the
+    other tests run them as commands.)"""
+    if dtype != torch.float32:
+        hf_dir = write_hf_dir(tmp_path / "source", demo_dir, dtype)
+    assert tool_main(TO_MEGATRON)(["--hf-dir", str(hf_dir), "--output-dir", str(tmp_path / "ours"),
+                                   "--target-tp", "2", "--target-pp", "2"]) == 0
     tag = tmp_path / "ours" / (tmp_path / "ours" / "latest").read_text()
     assert layer_file(tag, 3, 1).is_file() and layer_file(tag, 2 + 4, 0).is_file()  # block 0, final norm (L=2)
     assert len(list(tag.glob("mp_rank_*_model_states.pt"))) == 4
-    run_tool(TO_HF, "--checkpoint-dir", tmp_path / "ours", "--output-dir", tmp_path / "back",
-             "--tokenizer-dir", hf_dir, "--max-shard-size", "20KB")
+    assert tool_main(TO_HF)(["--checkpoint-dir", str(tmp_path / "ours"), "--output-dir", str(tmp_path / "back"),
+                             "--tokenizer-dir", str(hf_dir), "--max-shard-size", "20KB"]) == 0
     original, back = hf_tensors(hf_dir), hf_tensors(tmp_path / "back")
     original.pop("lm_head.weight", None)
     assert original.keys() == back.keys()
     for name in original:
-        assert original[name].dtype == back[name].dtype and torch.equal(original[name], back[name]), name
+        assert original[name].dtype == back[name].dtype == dtype and torch.equal(original[name], back[name]), name
     assert len(list((tmp_path / "back").glob("model-*.safetensors"))) > 1  # sharded by size, with an index
     config = json.loads((tmp_path / "back" / "config.json").read_text())
-    assert config["vocab_size"] == VOCAB and config["dtype"] == "float32"
+    assert config["vocab_size"] == VOCAB and config["dtype"] == str(dtype).removeprefix("torch.")
     assert (tmp_path / "back" / "tokenizer.json").read_bytes() == (hf_dir / "tokenizer.json").read_bytes()
 
 
@@ -89,6 +100,7 @@ def write_bin_checkpoint(source: Path, folder: Path, shards: int) -> None:
     (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
 
 
+@pytest.mark.slow
 def test_every_input_form_converts_the_same(hf_dir, tmp_path):
     BloomForCausalLM.from_pretrained(hf_dir).save_pretrained(tmp_path / "sharded", max_shard_size="30KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
@@ -105,6 +117,7 @@ def test_every_input_form_converts_the_same(hf_dir, tmp_path):
             assert tensors.keys() == reference.keys() and all(torch.equal(tensors[k], reference[k]) for k in tensors)
 
 
+@pytest.mark.slow
 def test_vocabulary_padding_is_added_and_removed(hf_dir, tmp_path):
     run_tool(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours", "--target-tp", "2",
              "--make-vocab-size-divisible-by", "64")
@@ -115,6 +128,7 @@ def test_vocabulary_padding_is_added_and_removed(hf_dir, tmp_path):
     assert hf_tensors(tmp_path / "hf")["word_embeddings.weight"].shape[0] == VOCAB
 
 
+@pytest.mark.slow
 def test_disagreeing_replicated_tensors_are_named(hf_dir, tmp_path):
     run_tool(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours", "--target-tp", "2")
     tag = tmp_path / "ours" / "global_step0"
@@ -140,6 +154,7 @@ def set_config(folder: Path, **values) -> None:
     (folder / "config.json").write_text(json.dumps(config))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage, args, message",
     [
@@ -159,6 +174,7 @@ def test_bad_inputs_stop_with_a_clear_message(hf_dir, tmp_path, damage, args, me
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_megatron_core_extra_state_entries_are_ignored(hf_dir, tmp_path):
     run_tool(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours")
     path = layer_file(tmp_path / "ours" / "global_step0", 3, 0)
@@ -169,6 +185,7 @@ def test_megatron_core_extra_state_entries_are_ignored(hf_dir, tmp_path):
     assert "h.0.self_attention.dense.weight" in hf_tensors(tmp_path / "hf")
 
 
+@pytest.mark.slow
 def test_missing_layer_file_is_named(hf_dir, tmp_path):
     run_tool(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours", "--target-tp", "2")
     layer_file(tmp_path / "ours" / "global_step0", 3, 1).unlink()

@@ -3,6 +3,7 @@ and the index cache, including one build shared by two gloo processes."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import numpy as np
@@ -105,11 +106,27 @@ def test_index_cache_is_reused_and_keyed(tmp_path):
 
 
 def _build_in_process(rank: int, world: int, port: int, folder: str, results) -> None:
+    """Both ranks ask for the same packing at once; each reports its index and how many times it
+    ran the packing itself (`pack_epochs`, the cache entry's build, slowed down so a rank that
+    builds too is never beaten to it by the other's finished entry)."""
+    import megatron.data.packing as packing
+
+    builds = 0
+    pack_epochs = packing.pack_epochs
+
+    def counted_pack_epochs(*args, **kwargs):
+        nonlocal builds
+        builds += 1
+        time.sleep(0.5)
+        return pack_epochs(*args, **kwargs)
+
+    packing.pack_epochs = counted_pack_epochs
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         pairs = PairDataset(f"{folder}/d")
+        dist.barrier()
         index = build_packing_index(pairs, PackingConfig(256, seed=4), 40, cache_dir=f"{folder}/cache")
-        results[rank] = index.pairs.tolist()
+        results[rank] = {"pairs": index.pairs.tolist(), "builds": builds}
     finally:
         dist.destroy_process_group()
 
@@ -117,11 +134,13 @@ def _build_in_process(rank: int, world: int, port: int, folder: str, results) ->
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_one_rank_builds_the_cache_and_the_others_load_it(tmp_path):
+    """Rank 0 packs and writes the entry; rank 1 packs nothing and loads the same index."""
     from helpers.distributed import free_port
 
     write_pairs(tmp_path / "d", *xp3_like_pair_lengths(300))
     with mp.Manager() as manager:
         results = manager.dict()
         mp.spawn(_build_in_process, args=(2, free_port(), str(tmp_path), results), nprocs=2)
-        assert results[0] == results[1]
+        assert results[0]["pairs"] == results[1]["pairs"]
+        assert [results[rank]["builds"] for rank in (0, 1)] == [1, 0]
     assert len([p for p in (tmp_path / "cache").iterdir()]) == 1

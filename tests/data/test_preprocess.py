@@ -12,8 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.paths import run_tool
+from tokenizers import Tokenizer
 
 from megatron.data.indexed_dataset import IndexedDataset
+from megatron.data.preprocess import KeySpec, PreprocessConfig
+from megatron.data.preprocess import preprocess as run_preprocess
 from megatron.data.tokenizer import HFTokenizer
 
 
@@ -51,13 +54,34 @@ def test_xp3_inputs_and_targets(demo_dir, tmp_path):
 
 
 def test_output_is_identical_for_any_worker_count(demo_dir, tmp_path):
-    preprocess(demo_dir, demo_dir / "train.jsonl", tmp_path / "w1", "--workers", "1")
-    preprocess(demo_dir, demo_dir / "train.jsonl", tmp_path / "w3", "--workers", "3")
+    """The 3,000 demo rows in 60 batches of 50 lines (`batch_lines`; the tool always uses 1,024
+    and has no flag for it), so several workers have batches in flight at once: 1, 2 and 7
+    workers write the same bytes, and every row holds what `tokenizers` itself gives for it,
+    inputs as they are, targets with a leading space and BLOOM's `</s>` (--prepend-space targets
+    --append-eod targets)."""
+    for workers in (1, 2, 7):
+        config = PreprocessConfig(
+            inputs=[str(demo_dir / "train.jsonl")],
+            keys=[KeySpec("inputs"), KeySpec("targets", prepend_space=True, append_eod=True)],
+            tokenizer=str(demo_dir / "tokenizer"), output_prefix=str(tmp_path / f"w{workers}"),
+            workers=workers, log_interval=0, batch_lines=50,
+        )
+        assert run_preprocess(config).documents == 3000
     for key in ("inputs", "targets"):
         for suffix in (".bin", ".idx"):
             one = (tmp_path / f"w1_{key}_document{suffix}").read_bytes()
-            three = (tmp_path / f"w3_{key}_document{suffix}").read_bytes()
-            assert one == three
+            for workers in (2, 7):
+                assert (tmp_path / f"w{workers}_{key}_document{suffix}").read_bytes() == one, (key, suffix, workers)
+    tokenizer = Tokenizer.from_file(str(demo_dir / "tokenizer" / "tokenizer.json"))
+    eod = tokenizer.token_to_id("</s>")
+    rows = [json.loads(line) for line in (demo_dir / "train.jsonl").read_text().splitlines()]
+    inputs, targets = read_pairs(tmp_path / "w7")
+    assert len(inputs) == len(targets) == len(rows)
+    expected_inputs = tokenizer.encode_batch([row["inputs"] for row in rows], add_special_tokens=False)
+    expected_targets = tokenizer.encode_batch([" " + row["targets"] for row in rows], add_special_tokens=False)
+    for i, (row_inputs, row_targets) in enumerate(zip(expected_inputs, expected_targets)):
+        assert inputs[i].tolist() == row_inputs.ids, i
+        assert targets[i].tolist() == row_targets.ids + [eod], i
 
 
 def test_gzip_folder_and_glob_inputs_give_the_same_output(demo_dir, tmp_path):

@@ -49,18 +49,34 @@ def full_grads(model: BloomModel, tp_size: int) -> dict[str, torch.Tensor]:
 
 
 def packed_batch(seed: int = 1) -> tuple[dict[str, torch.Tensor], list[tuple[int, int]]]:
-    """One row holding three pairs (and padding), with a loss on each pair's last tokens."""
+    """One row holding three pairs (and padding): each pair's last two tokens are its targets
+    (the loss predicts them), the tokens before them its inputs (`is_inputs`)."""
     g = torch.Generator().manual_seed(seed)
     spans = [(0, 7), (7, 16), (16, 21)]
     seq = 24
     tokens = torch.randint(4, VOCAB, (1, seq), generator=g)
     segments = torch.zeros(1, seq, dtype=torch.long)
     mask = torch.zeros(1, seq)
+    is_inputs = torch.zeros(1, seq, dtype=torch.bool)
     for k, (a, b) in enumerate(spans, start=1):
         segments[0, a:b] = k
         mask[0, b - 3 : b - 1] = 1
+        is_inputs[0, a : b - 2] = True
     labels = torch.roll(tokens, -1, dims=1)
-    return {"tokens": tokens, "labels": labels, "segment_ids": segments, "loss_mask": mask}, spans
+    batch = {"tokens": tokens, "labels": labels, "segment_ids": segments, "loss_mask": mask, "is_inputs": is_inputs}
+    return batch, spans
+
+
+def zero_query(model: BloomModel, layer: int, head: int) -> None:
+    """Zero one head's query (its rows of the fused QKV weight and bias) in one block, on the
+    tensor rank holding that head: the head's scores become 0, its attention ALiBi alone."""
+    attention = model.layers[layer].self_attention
+    heads = attention.local_heads
+    if head // heads == parallel_state.get_tensor_model_parallel_rank():
+        qkv = attention.query_key_value
+        with torch.no_grad():
+            qkv.weight.view(heads, 3, attention.head_dim, -1)[head % heads, 0] = 0
+            qkv.bias.view(heads, 3, attention.head_dim)[head % heads, 0] = 0
 
 
 def parity_worker(rank: int, world: int, port: int, folders: dict[int, str], out: str) -> None:
@@ -95,6 +111,10 @@ def parity_results(folders: dict[int, str]) -> dict[str, float]:
             results[f"heads{heads}_tp{tp}_packed"] = max(
                 (packed[:, a:b] - ref).abs().max().item() for (a, b), ref in zip(spans, hf_pairs)
             )
+            zero_query(model, layer=1, head=0)  # how much one head's attention weighs in the logits
+            with torch.no_grad():
+                zeroed = model(tokens, torch.ones_like(tokens), gather_logits=True)[..., :VOCAB]
+            results[f"heads{heads}_tp{tp}_zeroed_query"] = (zeroed - logits).abs().max().item()
         results[f"heads{heads}_loss_tp2_vs_tp1"] = (per_tp[1][0] - per_tp[2][0]).abs().item()
         results[f"heads{heads}_grad_tp2_vs_tp1"] = max(
             (per_tp[1][1][n] - per_tp[2][1][n]).abs().max().item() for n in per_tp[1][1]

@@ -1,11 +1,13 @@
-"""The repository, the reference data written by the original Megatron-DeepSpeed tools, and a
-runner for the project's CLI tools."""
+"""The repository, the reference data written by the original Megatron-DeepSpeed tools, and
+runners for the project's CLI tools (as a user runs them, or their `main` in this process)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,3 +27,13 @@ def run_tool(script: str, *args: str, check: bool = True) -> subprocess.Complete
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr}")
     return result
+
+
+def tool_main(script: str) -> Callable[[list[str]], object]:
+    """`tools/<script>`'s `main(argv)`, loaded into this process: for a tool whose work is quick
+    next to the torch and transformers imports a new interpreter would pay for."""
+    path = REPO / "tools" / script
+    spec = importlib.util.spec_from_file_location(f"tools_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main

@@ -1,5 +1,6 @@
-"""The tiny models of the model tests, in one place: a random HF BLOOM saved to a folder, and our
-model config of the same small shape."""
+"""The tiny models of the model tests, in one place: a random HF BLOOM saved to a folder, our
+model config of the same small shape, and the larger query/key/value weights that make a tiny
+model's attention depend on content."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from transformers import BloomConfig, BloomForCausalLM
 from megatron.models.bloom.config import BloomModelConfig
 
 VOCAB = 250
+# HF's init (std 0.02) leaves a tiny model's attention scores near 0, its attention nearly pure
+# ALiBi; query/key/value weights 10x larger (std 0.2) make the scores depend on the tokens.
+QKV_SCALE = 10.0
 
 
 def tiny_config(**options) -> BloomModelConfig:
@@ -16,8 +20,18 @@ def tiny_config(**options) -> BloomModelConfig:
     return BloomModelConfig(vocab_size=256, hidden_size=32, num_layers=2, num_heads=4, **options)
 
 
-def make_hf_model(folder: str, num_heads: int, seed: int = 0) -> BloomForCausalLM:
-    """A random 2-layer HF BLOOM of `num_heads` heads (head size 8) over `VOCAB` tokens."""
+def sharpen_attention(model: torch.nn.Module) -> None:
+    """Scale every query/key/value weight by `QKV_SCALE` (HF's model or ours: both name them
+    `...query_key_value.weight`)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("query_key_value.weight"):
+                p.mul_(QKV_SCALE)
+
+
+def make_hf_model(folder: str, num_heads: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> BloomForCausalLM:
+    """A random 2-layer HF BLOOM of `num_heads` heads (head size 8) over `VOCAB` tokens, saved in
+    `dtype`, with content-dependent attention (`sharpen_attention`)."""
     torch.manual_seed(seed)
     config = BloomConfig(vocab_size=VOCAB, hidden_size=8 * num_heads, n_layer=2, n_head=num_heads,
                          hidden_dropout=0.0, attention_dropout=0.0, attn_implementation="eager")
@@ -26,5 +40,7 @@ def make_hf_model(folder: str, num_heads: int, seed: int = 0) -> BloomForCausalL
         for name, p in model.named_parameters():
             if "layernorm" in name or "ln_f" in name or name.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.1)
+    sharpen_attention(model)
+    model = model.to(dtype)
     model.save_pretrained(folder)
     return model

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from helpers.bloom_workers import packed_batch
+from helpers.compilation import compiled_frames, fresh_compilation
 from helpers.distributed import gloo_world
 from megatron.core import parallel_state
 from helpers.distributed import free_port
@@ -158,18 +159,22 @@ def test_flex_attention_rebuilds_its_block_mask_for_changed_segments():
 
 
 def test_flex_attention_compiles_once_for_new_micro_batches():
-    """Each call makes a new ALiBi closure and (for new segments) a new block mask: neither may
-    make `torch.compile` compile again, or every layer of every step would pay a compilation."""
+    """The first call compiles FlexAttention, once. Each call makes a new ALiBi closure and
+    (for new segments) a new block mask: neither may make `torch.compile` compile again, or every
+    layer of every step would pay a compilation."""
 
     def call(split: int) -> None:
         q, k, v = (torch.randn(1, 4, 256, 16, device=DEVICE) for _ in range(3))
         segment_ids = torch.tensor([[1] * split + [2] * (256 - split)], device=DEVICE)
         flex_attention(q, k, v, alibi_slopes(4), segment_ids)
 
+    fresh_compilation()
     call(100)
+    assert compiled_frames() == 1
     with torch._dynamo.config.patch(error_on_recompile=True):
         for split in (60, 130, 200):
             call(split)
+    assert compiled_frames() == 1
 
 
 def _leaves(*shapes, dtype, seed=0):
@@ -185,27 +190,36 @@ def _outputs_and_gradients(function, inputs, *args):
 
 @pytest.mark.parametrize("dtype,tolerance", PRECISIONS)
 def test_compiled_bias_gelu_matches_the_reference(dtype, tolerance):
+    """Compiled at its first call, not again at the next."""
     inputs = _leaves((2, 24, 64), (64,), dtype=dtype)
+    fresh_compilation()
     for a, b in zip(_outputs_and_gradients(fused(bias_gelu), inputs),
                     _outputs_and_gradients(bias_gelu, inputs)):
         torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+    assert compiled_frames() == 1
+    _outputs_and_gradients(fused(bias_gelu), inputs)
+    assert compiled_frames() == 1
 
 
 @pytest.mark.parametrize("dtype,tolerance", PRECISIONS)
 def test_compiled_bias_dropout_add_matches_the_reference(dtype, tolerance):
     """Without dropout (p=0, or eval) it is the reference; with dropout, each element is the
     residual plus either 0 or (x + bias) / (1 - p), a fraction p of them dropped, the gradient
-    flowing through the kept ones only, and the same seed draws the same mask."""
+    flowing through the kept ones only, and the same seed draws the same mask. Compiled once for
+    each (p, training) it is called with, not again when called with them again."""
     p = 0.3
     x, bias, residual = inputs = _leaves((4, 64, 64), (64,), (4, 64, 64), dtype=dtype)
+    fresh_compilation()
     for args in ((0.0, True), (p, False)):
         for a, b in zip(_outputs_and_gradients(fused(bias_dropout_add), inputs, *args),
                         _outputs_and_gradients(bias_dropout_add, inputs, *args)):
             torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
     torch.manual_seed(5)
     output = fused(bias_dropout_add)(x, bias, residual, p, True)
+    assert compiled_frames() == 3
     torch.manual_seed(5)
     assert torch.equal(fused(bias_dropout_add)(x, bias, residual, p, True), output)
+    assert compiled_frames() == 3
     x_grad, bias_grad, residual_grad = torch.autograd.grad(output.sum(), inputs)
     kept = (x_grad != 0).float()
     assert abs(1 - kept.mean().item() - p) < 0.03
@@ -225,8 +239,12 @@ def _model_loss_and_gradients(fusion: bool) -> list[torch.Tensor]:
 
 
 def test_bloom_with_compiled_bias_fusions_matches_the_reference():
-    """The whole model (dropout 0): the same loss and parameter gradients either way."""
+    """The whole model (dropout 0): the same loss and parameter gradients either way; both fused
+    functions compiled, once each for all the blocks."""
+    fresh_compilation()
     with gloo_world(0, 1, free_port()):
         initialize_parallel(1, 1)
-        for a, b in zip(_model_loss_and_gradients(True), _model_loss_and_gradients(False)):
+        compiled = _model_loss_and_gradients(True)
+        assert compiled_frames() == 2
+        for a, b in zip(compiled, _model_loss_and_gradients(False)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.paths import run_tool
+from helpers.tiny import sharpen_attention
 from helpers.finetune_runs import copy_as_of, final_weights, finetune, preprocess_demo, scalars, tiny_model_args
 from transformers import BloomConfig, BloomForCausalLM
 
@@ -28,13 +29,16 @@ def demo_data(demo_dir, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def converted_bloom(demo_dir, tmp_path_factory) -> Path:
-    """A tiny random HF BLOOM over the demo tokenizer, converted to our checkpoint (TP1 PP1)."""
+    """A tiny random HF BLOOM over the demo tokenizer with content-dependent attention, converted
+    to our checkpoint (TP1 PP1)."""
     folder = tmp_path_factory.mktemp("tiny_bloom")
     torch.manual_seed(0)
     vocab = HFTokenizer(demo_dir / "tokenizer").vocab_size
     config = BloomConfig(vocab_size=vocab, hidden_size=32, n_layer=2, n_head=4, hidden_dropout=0.0,
                          attention_dropout=0.0)
-    BloomForCausalLM(config).save_pretrained(folder / "hf")
+    model = BloomForCausalLM(config)
+    sharpen_attention(model)  # attention that depends on content, so the layouts' head splits matter
+    model.save_pretrained(folder / "hf")
     run_tool("convert_checkpoint/hf_to_megatron.py", "--hf-dir", folder / "hf", "--output-dir", folder / "ours")
     return folder / "ours"
 
