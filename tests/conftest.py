@@ -15,6 +15,9 @@ from synthetic.tokenizer_training import train_bpe_tokenizer
 
 if not torch.cuda.is_available():  # DeepSpeed on CPU, also when pytest runs without `make`
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    # Triton kernels on CPU tensors run in Triton's interpreter, chosen before Triton is imported
+    # (megatron-core imports it): in this process and in the runs it starts
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

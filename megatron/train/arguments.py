@@ -62,10 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="recompute each transformer block in the backward pass (less memory)")
     model.add_argument("--prefix-lm", action="store_true",
                        help="bidirectional attention among each pair's input tokens")
-    model.add_argument("--attention-backend", choices=["auto", "reference", "flex"], default="auto",
-                       help="flex: FlexAttention with ALiBi and packed-causal block masks (GPU; no attention "
-                            "dropout); reference: SDPA over a materialised bias; auto: flex on GPUs when "
-                            "--attention-dropout is 0")
+    model.add_argument("--attention-backend", choices=["auto", "reference", "flex", "triton"], default="auto",
+                       help="triton: our FlashAttention-2 kernel with ALiBi, packed-causal block skipping and "
+                            "attention dropout (GPU; on CPU under TRITON_INTERPRET=1); flex: FlexAttention (GPU; "
+                            "no attention dropout); reference: SDPA over a materialised bias; auto: on GPUs "
+                            "triton with --attention-dropout > 0, else flex; reference on CPU")
     model.add_argument("--lm-head-loss", choices=["auto", "reference", "chunked"], default="auto",
                        help="chunked: LM head + cross entropy over the target tokens in chunks, never holding "
                             "the logits; reference: full logits; auto: chunked on GPUs")
@@ -197,7 +198,7 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
             tokenizer=args.tokenizer_name_or_path, hidden_dropout=args.hidden_dropout,
             attention_dropout=args.attention_dropout, prefix_lm=args.prefix_lm,
             attention_backend=args.attention_backend if args.attention_backend != "auto" else (
-                "flex" if gpu and args.attention_dropout == 0 else "reference"),
+                ("triton" if args.attention_dropout > 0 else "flex") if gpu else "reference"),
             lm_head_loss=args.lm_head_loss if args.lm_head_loss != "auto" else ("chunked" if gpu else "reference"),
             bias_gelu_fusion=gpu if args.bias_gelu_fusion is None else args.bias_gelu_fusion,
             bias_dropout_fusion=gpu if args.bias_dropout_fusion is None else args.bias_dropout_fusion,

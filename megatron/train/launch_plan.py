@@ -11,7 +11,8 @@ Memory per GPU, for P parameters on the GPU and data-parallel size d:
   under ZeRO-1 and above;
 - activations (Korthikanti et al. 2022, no sequence parallelism, in half precision), per layer
   and micro-batch of b rows of s tokens, hidden h, a heads, TP t: s*b*h*(10 + 24/t + 5*a*s/(h*t))
-  bytes, the last term the materialised attention scores (none with `--attention-backend flex`); with `--checkpoint-activations` only
+  bytes, the last term the materialised attention scores (none with the fused `flex` and `triton`
+  backends, which never hold `[s, s]`); with `--checkpoint-activations` only
   each layer's input (2*s*b*h) is kept, plus one layer's full set during its backward; and the
   stage's output (2*s*b*h). A stage holds min(PP - stage, gradient accumulation) micro-batches in
   flight under 1F1B;
@@ -78,7 +79,7 @@ def _stage(train: TrainConfig, spec: ModelSpec, config, index: int, kinds: list[
     element = 2 if half else 4
     in_flight = min(train.parallel.pipeline - index, train.batch.gradient_accumulation) if train.parallel.uses_pipeline else 1
     layer_input = s * b * h * element
-    scores = 5 * a * s / (h * tp) if config.attention_backend == "reference" else 0  # flex keeps none
+    scores = 5 * a * s / (h * tp) if config.attention_backend == "reference" else 0  # the fused keep none
     layer_full = s * b * h * (10 + 24 / tp + scores) * element / 2
     if train.model.checkpoint_activations:
         activations = blocks * in_flight * layer_input + layer_full * (blocks > 0)

@@ -4,6 +4,11 @@ work together."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
+import torch
+
 from megatron.train.config import TrainConfig
 from megatron.train.errors import ConfigError
 
@@ -40,6 +45,8 @@ def validate(train: TrainConfig) -> None:
     if model.attention_backend == "flex" and model.attention_dropout:
         raise ConfigError(f"--attention-backend flex has no attention dropout: pass --attention-dropout 0 "
                           f"(not {model.attention_dropout}) or --attention-backend reference")
+    if model.attention_backend == "triton" and not train.dry_run:
+        _check_triton()
     if train.checkpoint.load is None and None in (model.num_layers, model.hidden_size, model.num_heads):
         raise ConfigError("without --load, give --num-layers, --hidden-size and --num-attention-heads")
     if model.num_heads and model.num_heads % par.tensor:
@@ -57,3 +64,13 @@ def validate(train: TrainConfig) -> None:
                           f"({opt.decay_samples} samples)")
     if train.data.train is None:
         raise ConfigError("no training data: give --data-path or --train-weighted-split-paths")
+
+
+def _check_triton() -> None:
+    """`--attention-backend triton` needs Triton, and a GPU or Triton's CPU interpreter."""
+    if importlib.util.find_spec("triton") is None:
+        raise ConfigError("--attention-backend triton needs the triton package (it comes with PyTorch's CUDA "
+                          "wheels; else pip install triton), or pass --attention-backend reference")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError("--attention-backend triton without a GPU runs only in Triton's interpreter: set "
+                          "TRITON_INTERPRET=1 (slow; for tests) or pass --attention-backend reference")

@@ -21,8 +21,10 @@ def _bench(script: str, *args: str) -> str:
 
 @pytest.mark.slow
 def test_train_step_benchmark_reports_every_version():
-    out = _bench("train_step.py", "--model", "tiny", "--steps", "1", "--dtype", "fp32", "--seq-length", "128")
+    out = _bench("train_step.py", "--model", "tiny", "--steps", "1", "--dtype", "fp32", "--seq-length", "128",
+                 "--attention-seq-lengths", "64", "--attention-heads", "2")
     for line in ("(a) ours, fused ", "(b) ours, reference path ", "(c) transformers, padded ",
+                 "reference ms", "triton ms", "triton speed-up",
                  "(a) ours, fused / (c) transformers, padded: target tokens/s x",
                  "LM head + loss alone", "  chunked ", "  reference "):
         assert line in out, (line, out)

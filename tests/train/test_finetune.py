@@ -59,8 +59,8 @@ FUSED = ["--lm-head-loss", "chunked", "--bias-gelu-fusion", "--bias-dropout-fusi
 @pytest.mark.timeout(1500)
 def test_layouts_give_the_single_process_loss_curve(demo_dir, demo_data, converted_bloom, tmp_path):
     """TP=2, PP=2, DP=2 (ZeRO-1), TP=2 x PP=2, DP=2 x TP=2, DP=2 x PP=2, and DP=2 under ZeRO-2 and
-    ZeRO-3 (whole-model engine), and two of them with the chunked LM head loss (TP=2 x PP=2 also
-    with the compiled bias fusions), each reproduce the loss and gradient-norm curve of one
+    ZeRO-3 (whole-model engine), two of them with the chunked LM head loss (TP=2 x PP=2 also
+    with the compiled bias fusions), and TP=2 with the Triton attention kernel, each reproduce the loss and gradient-norm curve of one
     process on the reference path, from the converted checkpoint, with clipping active."""
     common = [*tiny_model_args(demo_dir, demo_data), *BASE, "--train-iters", "6", "--load", converted_bloom,
               "--hidden-dropout", "0", "--attention-dropout", "0", "--clip-grad", "0.3", "--eval-iters", "0",
@@ -77,6 +77,7 @@ def test_layouts_give_the_single_process_loss_curve(demo_dir, demo_data, convert
         "dp2_zero3": (2, ["--zero-stage", "3"]),
         "tp2_pp2_fused": (4, [*TP2, *PP2, *FUSED]),
         "dp2_zero2_chunked_head": (2, ["--zero-stage", "2", "--lm-head-loss", "chunked"]),
+        "tp2_triton_attention": (2, [*TP2, "--attention-backend", "triton"]),  # in Triton's interpreter on CPU
     }
     curves = {}
     for name, (nprocs, extra) in layouts.items():

@@ -4,9 +4,12 @@ among a pair's inputs), behind one interface with several backends.
 `attention(q, k, v, slopes, segment_ids, is_inputs, dropout_p) -> context`, with q, k, v of shape
 `[batch, heads, seq, head_dim]` and `slopes` the ALiBi slopes of these heads. The `reference`
 backend builds the dense mask (`attention_mask`) and the float bias (ALiBi + mask) and calls
-PyTorch's SDPA: exact, runs everywhere, but holds `[s, s]` per head. The `flex` backend (GPU) is FlexAttention, compiled: ALiBi as a
-score modifier, the mask as a block mask built once per micro-batch, so blocks wholly outside a
-segment (other pairs, padding) are skipped and `[s, s]` is never materialised; it has no dropout.
+PyTorch's SDPA: exact, runs everywhere, but holds `[s, s]` per head. The `flex` backend (GPU) is
+FlexAttention, compiled: ALiBi as a score modifier, the mask as a block mask built once per
+micro-batch, so blocks wholly outside a segment (other pairs, padding) are skipped and `[s, s]` is
+never materialised; it has no dropout. The `triton` backend is our FlashAttention-2 kernel
+(`kernels/flash_attention.py`): the same block skipping, with attention dropout in the kernel;
+on CPU it runs in Triton's interpreter (`TRITON_INTERPRET=1`), for tests.
 Padding queries (segment 0) see only themselves, so no softmax row is empty; their outputs are
 never used by the loss.
 """
@@ -116,7 +119,18 @@ def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: to
     return _compiled_flex_attention()(q, k, v, score_mod=alibi, block_mask=_block_masks.get(segment_ids, is_inputs))
 
 
-BACKENDS: dict[str, Callable[..., torch.Tensor]] = {"reference": reference_attention, "flex": flex_attention}
+def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
+                     segment_ids: torch.Tensor, is_inputs: torch.Tensor | None = None,
+                     dropout_p: float = 0.0) -> torch.Tensor:
+    """The `reference_attention` interface on our Triton kernel (imported at first use: Triton
+    is optional, and on CPU its interpreter must be chosen before it is imported)."""
+    from megatron.kernels.flash_attention import flash_attention as triton_flash_attention
+
+    return triton_flash_attention(q, k, v, slopes, segment_ids, is_inputs, dropout_p)
+
+
+BACKENDS: dict[str, Callable[..., torch.Tensor]] = {"reference": reference_attention, "flex": flex_attention,
+                                                    "triton": triton_attention}
 
 
 def get_backend(name: str) -> Callable[..., torch.Tensor]:
