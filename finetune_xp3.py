@@ -72,12 +72,13 @@ def train_from(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, meta: Checkp
     module = build_module(train, spec, config)
     if plan.kind == "weights":
         load_weights(module, spec, CheckpointReader(plan.folder, spec, plan.tag).layer, train.parallel.uses_pipeline)
-    engine = TrainingEngine(train, spec, module)
+    engine = TrainingEngine(train, spec, module, load_universal=plan.kind == "universal")
     seed_everything(train.seed, parallel_state.get_tensor_model_parallel_rank(),
                     parallel_state.get_pipeline_model_parallel_rank())
-    if plan.kind == "resume":
-        resume(engine, plan, load_rng=not train.checkpoint.no_load_rng)
+    if plan.kind in ("resume", "universal"):  # a universal checkpoint's layout may differ: RNG from --seed
+        resume(engine, plan, load_rng=plan.kind == "resume" and not train.checkpoint.no_load_rng)
     log(f"model: {config}; from {plan.kind}" + (f" {plan.folder}/{plan.tag}" if plan.tag else "")
+        + ("; RNG reseeded from --seed (a universal checkpoint's layout may differ)" if plan.kind == "universal" else "")
         + f"; TP={train.parallel.tensor} PP={train.parallel.pipeline} DP={train.parallel.data} "
           f"ZeRO-{train.parallel.zero_stage} gradient accumulation {train.batch.gradient_accumulation}")
 

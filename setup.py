@@ -30,6 +30,7 @@ setup(
         "tokenizers==0.23.3",
         "safetensors>=0.4",
         "numpy>=1.26",
+        "tqdm>=4.60",  # the conversions' progress bars
         "pybind11>=2.12",
     ],
     extras_require={

@@ -9,10 +9,18 @@
 # progress. Before the time limit SLURM sends SIGUSR1 (#SBATCH --signal); the run finishes its
 # step, saves and exits 0, and the job requeues itself until TRAIN_ITERS is reached.
 #
+# Moving a run to another layout (TP, PP or the node count changed) with its optimizer state:
+# make its newest checkpoint universal (python tools/convert_checkpoint/to_universal.py
+# --checkpoint-dir OLD_CHECKPOINT_DIR), then submit with UNIVERSAL_FROM=OLD_CHECKPOINT_DIR and a
+# new, empty CHECKPOINT_DIR: the first launch resumes from the universal checkpoint
+# (--universal-checkpoint: weights, Adam moments, data position, LR schedule; RNG reseeded), and
+# the requeued ones from CHECKPOINT_DIR as always.
+#
 # Environment (defaults in brackets):
 #   TOKENIZER        a local BLOOM tokenizer folder (the HF checkpoint has one)         [required]
 #   INIT_CHECKPOINT  the HF checkpoint converted for this TP by
 #                    tools/convert_checkpoint/hf_to_megatron.py  [$REPO_DIR/checkpoints/$RUN_NAME-init]
+#   UNIVERSAL_FROM   a checkpoint folder with a universal checkpoint to start from instead   [unset]
 #   CHECKPOINT_DIR   this run's checkpoints                     [$REPO_DIR/checkpoints/$RUN_NAME]
 #   DATA_DIR         submit_preprocess_xp3.sh's output, with xp3_train.txt and xp3_valid.txt
 #                                                                          [$REPO_DIR/data/xp3]
@@ -34,6 +42,12 @@ NNODES=${SLURM_JOB_NUM_NODES:-${NNODES:-$DEFAULT_NNODES}}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 KILL_SWITCH=$LOG_DIR/kill-switch
 
+if [[ -n ${UNIVERSAL_FROM:-} ]]; then
+    START=(--load "$UNIVERSAL_FROM" --universal-checkpoint)
+else
+    START=(--load "$INIT_CHECKPOINT" --no-load-optim --reset-progress)
+fi
+
 FLAGS=(
     --tensor-model-parallel-size "$TP" --pipeline-model-parallel-size "$PP"
     --pp-partition-method "type:transformer|embedding"
@@ -46,7 +60,7 @@ FLAGS=(
     --norm-target-loss
     --train-weighted-split-paths-path "$DATA_DIR/xp3_train.txt"
     --valid-weighted-split-paths-path "$DATA_DIR/xp3_valid.txt"
-    --load "$INIT_CHECKPOINT" --no-load-optim --reset-progress
+    "${START[@]}"
     --save "$CHECKPOINT_DIR" --save-interval "${SAVE_INTERVAL:-100}" --checkpoint-fallback
     --log-interval 1 --eval-interval "${EVAL_INTERVAL:-250}" --eval-iters "${EVAL_ITERS:-1}"
     --tensorboard-dir "$LOG_DIR/tensorboard" --kill-switch-path "$KILL_SWITCH" --exit-signal-handler

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 from megatron.checkpoint.hf_reader import HFCheckpoint
 from megatron.checkpoint.layer_files import CheckpointReader, save_layer
@@ -27,6 +29,21 @@ from megatron.utils.atomic_files import atomic_folder
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "tokenizer.model")
 HF_CONFIG_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "apply_residual_connection_post_layernorm")
+
+
+class _LayerProgress:
+    """A per-layer progress bar on stderr with the bytes done so far: a 176B conversion takes long."""
+
+    def __init__(self, layers: Iterable[int], description: str):
+        self.bar = tqdm(list(layers), desc=description, unit="layer", file=sys.stderr, dynamic_ncols=True)
+        self.bytes = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.bar)
+
+    def add(self, tensors: Iterable[torch.Tensor]) -> None:
+        self.bytes += sum(t.nbytes for t in tensors)
+        self.bar.set_postfix_str(f"{self.bytes / 2**30:.2f} GiB", refresh=False)
 
 
 def convert_hf_to_megatron(hf_dir: str | Path, output_dir: str | Path, spec, tp_size: int, pp_size: int,
@@ -44,11 +61,14 @@ def convert_hf_to_megatron(hf_dir: str | Path, output_dir: str | Path, spec, tp_
     with atomic_folder(output) as tmp:
         folder = tmp / tag
         folder.mkdir()
-        for layer in adapter.parameter_layers(config.num_layers):
+        progress = _LayerProgress(adapter.parameter_layers(config.num_layers), "HF -> ours")
+        for layer in progress:
             shards = [{} for _ in range(tp_size)]
-            for local, tensor in checkpoint.layer(layer, config).items():
+            tensors = checkpoint.layer(layer, config)
+            for local, tensor in tensors.items():
                 for rank, part in enumerate(adapter.split_for_tp(local, tensor, tp_size)):
                     shards[rank][local] = part
+            progress.add(tensors.values())
             for rank, shard in enumerate(shards):
                 save_layer(folder, layer, rank, shard)
                 if layer == adapter.EMBEDDING_LAYER:  # the tied LM head is saved as its own layer too
@@ -62,8 +82,11 @@ def convert_hf_to_megatron(hf_dir: str | Path, output_dir: str | Path, spec, tp_
 
 def _hf_tensors(checkpoint: CheckpointReader, hf_vocab: int) -> Iterator[tuple[str, torch.Tensor]]:
     adapter, num_layers = checkpoint.adapter, checkpoint.config.num_layers
-    for layer in adapter.parameter_layers(num_layers):
-        for local, tensor in checkpoint.layer(layer).items():
+    progress = _LayerProgress(adapter.parameter_layers(num_layers), "ours -> HF")
+    for layer in progress:
+        tensors = checkpoint.layer(layer)
+        progress.add(tensors.values())
+        for local, tensor in tensors.items():
             if local == "word_embeddings.weight":
                 tensor = tensor[:hf_vocab].contiguous()
             yield adapter.layer_to_hf(layer, local, num_layers), tensor

@@ -1,8 +1,9 @@
 """The layer files of a checkpoint tag, `layer_XX-model_TT-model_states.pt`: each holds one
 pipeline layer's tensors on one tensor rank, by their names inside the layer. `CheckpointReader`
 gives a layer merged across tensor ranks; `save_layer` and `save_model_layers` write them.
-megatron-core's layers add `*._extra_state` entries (value None) to their state dicts: they are no
-tensor of the model and are never written here, and skipped when read."""
+Only tensors are written (our layers drop megatron-core's `*._extra_state` entries from their
+state dicts, `models/common/extra_state.py`); checkpoints written before that have them, and they
+are skipped when read."""
 
 from __future__ import annotations
 
@@ -14,13 +15,11 @@ from torch import nn
 
 from megatron.checkpoint.layout import CheckpointError, layer_file, read_latest
 from megatron.checkpoint.metadata import read_metadata
-
-EXTRA_STATE = "_extra_state"
+from megatron.models.common.extra_state import EXTRA_STATE
 
 
 def save_layer(tag_dir: Path, layer: int, tp_rank: int, tensors: dict[str, torch.Tensor]) -> None:
-    torch.save({name: t for name, t in tensors.items() if not name.endswith(EXTRA_STATE)},
-               layer_file(tag_dir, layer, tp_rank))
+    torch.save(tensors, layer_file(tag_dir, layer, tp_rank))
 
 
 def save_model_layers(model: nn.Module, tag_dir: Path, adapter, tp_rank: int) -> None:
@@ -28,9 +27,8 @@ def save_model_layers(model: nn.Module, tag_dir: Path, adapter, tp_rank: int) ->
     parameter names mapped to pipeline layers by the family's `adapter`."""
     layers: dict[int, dict[str, torch.Tensor]] = {}
     for name, tensor in model.state_dict().items():
-        if not name.endswith(EXTRA_STATE):
-            layer, local = adapter.plain_name_to_layer(name, model.config.num_layers)
-            layers.setdefault(layer, {})[local] = tensor.detach().cpu().clone()
+        layer, local = adapter.plain_name_to_layer(name, model.config.num_layers)
+        layers.setdefault(layer, {})[local] = tensor.detach().cpu().clone()
     for layer, tensors in layers.items():
         save_layer(tag_dir, layer, tp_rank, tensors)
 

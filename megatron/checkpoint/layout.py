@@ -13,6 +13,7 @@ from pathlib import Path
 from megatron.utils.atomic_files import write_atomically
 
 LATEST = "latest"
+LATEST_UNIVERSAL = "latest_universal"  # the universal checkpoint of a folder (DeepSpeed's name)
 MEGATRON_LATEST = "latest_checkpointed_iteration.txt"
 
 
@@ -43,11 +44,13 @@ def has_checkpoint(folder: str | Path | None) -> bool:
     return folder is not None and (Path(folder) / LATEST).is_file()
 
 
-def read_latest(folder: str | Path) -> str:
-    """The tag `latest` names."""
-    path = Path(folder) / LATEST
+def read_latest(folder: str | Path, pointer: str = LATEST) -> str:
+    """The tag `latest` (or `pointer`, e.g. `LATEST_UNIVERSAL`) names."""
+    path = Path(folder) / pointer
     if not path.is_file():
-        raise CheckpointError(f"{folder}: no {LATEST} (not a checkpoint of this project)")
+        what = ("no universal checkpoint: make one with tools/convert_checkpoint/to_universal.py"
+                if pointer == LATEST_UNIVERSAL else "not a checkpoint of this project")
+        raise CheckpointError(f"{folder}: no {pointer} ({what})")
     return path.read_text().strip()
 
 

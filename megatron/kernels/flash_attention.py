@@ -22,7 +22,7 @@ among a pair's inputs, the prefix-LM mode), and attention dropout, without ever 
 
 Block sizes are autotuned per row length, head dimension and mode on a GPU; under Triton's CPU
 interpreter (`TRITON_INTERPRET=1`) one small configuration runs. Rows may be up to 46,340 tokens
-(the dropout offset `i * s + j` is a 32-bit counter).
+(the dropout offset `i * s + j` is a 32-bit counter; longer ones are refused).
 """
 
 from __future__ import annotations
@@ -36,13 +36,21 @@ import triton.language as tl
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _configs(names: tuple[str, str]) -> list[triton.Config]:
-    """Block sizes to try on a GPU (A100/H100: 64-128 rows, 4-8 warps); one small one in the
-    interpreter, where trying several would only multiply the (slow) work."""
+# (BLOCK_M, BLOCK_N, warps, stages) per kernel for A100/H100, chosen so that head dim 128 with
+# dropout compiles without register spills (ptxas -v for sm_80 and sm_90a)
+GPU_CONFIGS = {
+    "forward": ((128, 64, 8, 2), (64, 64, 4, 2)),
+    "dkdv": ((32, 64, 8, 2), (32, 64, 4, 2), (16, 64, 4, 2)),
+    "dq": ((64, 64, 4, 2), (64, 32, 4, 2)),
+}
+
+
+def _configs(kernel: str) -> list[triton.Config]:
+    """The block sizes to try on a GPU; one small one in the interpreter, where trying several
+    would only multiply the (slow) work."""
     if INTERPRETED:
-        return [triton.Config({names[0]: 16, names[1]: 16}, num_warps=1, num_stages=1)]
-    return [triton.Config({names[0]: m, names[1]: n}, num_warps=w, num_stages=s)
-            for m, n, w, s in ((128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 2), (64, 128, 4, 3), (128, 32, 4, 3))]
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in GPU_CONFIGS[kernel]]
 
 
 TUNING_KEY = ["seq", "HEAD_DIM", "PREFIX_LM", "DROPOUT"]
@@ -83,7 +91,7 @@ def _span(starts_ptr, ends_ptr, offs, seq, BLOCK: tl.constexpr, OTHER: tl.conste
 def _tile(head, offs, stride, dims, seq, HEAD_DIM: tl.constexpr):
     """Rows `offs` of one head's `[s, head_dim]` matrix at `head` (zeros past the row's end and
     the head dimension)."""
-    return tl.load(head + offs[:, None] * stride + dims[None, :],
+    return tl.load(head + offs[:, None].to(tl.int64) * stride + dims[None, :],
                    mask=(offs[:, None] < seq) & (dims[None, :] < HEAD_DIM), other=0.0)
 
 
@@ -127,14 +135,14 @@ def _backward_tile(q, k, v, do, lse, delta, rows, cols, slope, seed, seg_rows, s
     return dropped, probs * (dp - delta[:, None])
 
 
-@triton.autotune(configs=_configs(("BLOCK_M", "BLOCK_N")), key=TUNING_KEY)
+@triton.autotune(configs=_configs("forward"), key=TUNING_KEY)
 @triton.jit
 def _forward_kernel(Q, K, V, O, LSE, Slopes, Seeds, Segments, IsInputs, RowStart, RowEnd, Visited,
                     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
                     stride_vb, stride_vh, stride_vs, heads, seq, scale, p,
                     HEAD_DIM: tl.constexpr, D: tl.constexpr, PREFIX_LM: tl.constexpr, DROPOUT: tl.constexpr,
                     RECORD: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    block, bh = tl.program_id(0), tl.program_id(1)
+    block, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # 64-bit addresses past 2**31 elements
     b, h = bh // heads, bh % heads
     k_head, v_head = K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh
     rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -168,14 +176,14 @@ def _forward_kernel(Q, K, V, O, LSE, Slopes, Seeds, Segments, IsInputs, RowStart
     tl.store(LSE + bh * seq + rows, m_i + tl.log(l_safe), mask=rows < seq)
 
 
-@triton.autotune(configs=_configs(("BLOCK_M", "BLOCK_N")), key=TUNING_KEY)
+@triton.autotune(configs=_configs("dkdv"), key=TUNING_KEY)
 @triton.jit
 def _dkdv_kernel(Q, K, V, DO, LSE, Delta, DK, DV, Slopes, Seeds, Segments, IsInputs, ColStart, ColEnd,
                  stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
                  stride_vb, stride_vh, stride_vs, heads, seq, scale, p,
                  HEAD_DIM: tl.constexpr, D: tl.constexpr, PREFIX_LM: tl.constexpr, DROPOUT: tl.constexpr,
                  PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    block, bh = tl.program_id(0), tl.program_id(1)
+    block, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # 64-bit addresses past 2**31 elements
     b, h = bh // heads, bh % heads
     q_head = Q + b * stride_qb + h * stride_qh
     cols = block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -200,14 +208,14 @@ def _dkdv_kernel(Q, K, V, DO, LSE, Delta, DK, DV, Slopes, Seeds, Segments, IsInp
     _store_tile(DV + bh * seq * HEAD_DIM, cols, dims, seq, dv, HEAD_DIM)
 
 
-@triton.autotune(configs=_configs(("BLOCK_M", "BLOCK_N")), key=TUNING_KEY)
+@triton.autotune(configs=_configs("dq"), key=TUNING_KEY)
 @triton.jit
 def _dq_kernel(Q, K, V, DO, LSE, Delta, DQ, Slopes, Seeds, Segments, IsInputs, RowStart, RowEnd,
                stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
                stride_vb, stride_vh, stride_vs, heads, seq, scale, p,
                HEAD_DIM: tl.constexpr, D: tl.constexpr, PREFIX_LM: tl.constexpr, DROPOUT: tl.constexpr,
                PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    block, bh = tl.program_id(0), tl.program_id(1)
+    block, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # 64-bit addresses past 2**31 elements
     b, h = bh // heads, bh % heads
     k_head, v_head = K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh
     rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -248,12 +256,12 @@ def visible_ranges(segment_ids: torch.Tensor, is_inputs: torch.Tensor | None = N
     # one slot per (row, segment id); ids above `seq` share the last slot (a superset, still
     # right), so no device sync is needed to size the table
     segments = segment_ids.long()
-    index = (segments.clamp(max=seq) + (seq + 1) * torch.arange(batch, device=device)[:, None]).flatten()
+    index = (segments.clamp(0, seq) + (seq + 1) * torch.arange(batch, device=device)[:, None]).flatten()
     slots = batch * (seq + 1)
 
     def reduce(where: torch.Tensor, how: str, empty: int) -> torch.Tensor:
         out = torch.full((slots,), empty, dtype=torch.long, device=device)
-        out.scatter_reduce_(0, index[where.flatten()], positions.flatten()[where.flatten()], how)
+        out.scatter_reduce_(0, index, torch.where(where, positions, empty).flatten(), how)  # `empty` is neutral
         return out[index].view(batch, seq)
 
     real = segments > 0
@@ -269,8 +277,15 @@ def visible_ranges(segment_ids: torch.Tensor, is_inputs: torch.Tensor | None = N
     return tuple(t.to(torch.int32).contiguous() for t in (row_start, row_end, col_start, col_end))
 
 
+MAX_SEQ = 46340  # rows * seq + cols, the dropout counter, stays below 2**31
+
+
 def _common(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, prefix_lm: bool) -> dict:
     heads, seq, head_dim = q.shape[1], q.shape[2], q.shape[3]
+    if seq > MAX_SEQ:
+        raise ValueError(f"the Triton attention kernel takes rows of up to {MAX_SEQ} tokens, not {seq}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k and v must share a dtype, not {q.dtype}, {k.dtype}, {v.dtype}")
     return dict(stride_qb=q.stride(0), stride_qh=q.stride(1), stride_qs=q.stride(2),
                 stride_kb=k.stride(0), stride_kh=k.stride(1), stride_ks=k.stride(2),
                 stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vs=v.stride(2),
@@ -290,8 +305,8 @@ class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, slopes, segment_ids, is_inputs, dropout_p, seeds):
         prefix_lm = is_inputs is not None
-        segments = segment_ids.to(torch.int32).contiguous()
-        inputs = (is_inputs if prefix_lm else torch.zeros_like(segment_ids)).to(torch.int32).contiguous()
+        segments = segment_ids.to(device=q.device, dtype=torch.int32).contiguous()
+        inputs = (is_inputs if prefix_lm else torch.zeros_like(segment_ids)).to(device=q.device, dtype=torch.int32).contiguous()
         ranges = visible_ranges(segment_ids, is_inputs)
         q, k, v = (_head_dim_strided(t) for t in (q, k, v))
         slopes = slopes.to(device=q.device, dtype=torch.float32).contiguous()
@@ -301,12 +316,13 @@ class _FlashAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         q, k, v, out, lse, slopes, seeds, segments, inputs, row_start, row_end, col_start, col_end = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         delta = (grad_out.float() * out.float()).sum(-1)
         batch, heads, seq, _ = q.shape
-        dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
+        dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
         common = _common(q, k, v, ctx.dropout_p, ctx.prefix_lm)
         _dkdv_kernel[lambda meta: (triton.cdiv(seq, meta["BLOCK_N"]), batch * heads)](
             q, k, v, grad_out, lse, delta, dk, dv, slopes, seeds, segments, inputs, col_start, col_end, **common)

@@ -25,6 +25,9 @@ class ModelSpec:
     check_partition: Callable
     # names, pipeline layer numbering, TP split rules and shapes of the family's tensors
     adapter: ModuleType
+    # config -> DeepSpeed's `universal_checkpoint_info` for the pipeline's
+    # parameter names (how ds_to_universal merges and re-splits them over TP)
+    universal_checkpoint_info: Callable
     # (config, seq_length) -> model FLOPs per token, and the formula in words
     flops_per_token: Callable
     flops_formula: str

@@ -30,8 +30,6 @@ ACCEPTED_ONLY = {
     "--abort-on-unmet-fused-kernel-constraints": "the attention path runs for any shape",
     "--sync-tp-duplicated-parameters": "replicated parameters get identical gradients from the "
                                        "tensor-parallel all-reduce, so they never drift apart",
-    "--universal-checkpoint": "weights load at any TP/PP from our layer files; optimizer states "
-                              "resume at the layout they were saved with",
     "--tensorboard-queue-size": "scalars are flushed at every log interval",
     "--log-timers-to-tensorboard": "step time is always logged",
     "--log-batch-size-to-tensorboard": "the batch size is always logged",
@@ -134,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="start at iteration 0 of the data and LR schedule after loading")
     checkpoint.add_argument("--finetune", action="store_true",
                             help="load the weights only: no optimizer, RNG or progress")
+    checkpoint.add_argument("--universal-checkpoint", action="store_true",
+                            help="--load holds a universal checkpoint (tools/convert_checkpoint/to_universal.py): "
+                                 "resume its weights, Adam moments and progress at any TP x PP x DP (ZeRO-1), "
+                                 "the RNG reseeded")
     checkpoint.add_argument("--checkpoint-fallback", action="store_true",
                             help="if the checkpoint 'latest' names is damaged, start from the newest "
                                  "complete one before it (default: stop with an error)")
@@ -218,7 +220,7 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
         checkpoint=CheckpointConfig(save=args.save, save_interval=args.save_interval, load=args.load,
                                     no_load_optim=args.no_load_optim, no_load_rng=args.no_load_rng,
                                     reset_progress=args.reset_progress, finetune=args.finetune,
-                                    fallback=args.checkpoint_fallback),
+                                    fallback=args.checkpoint_fallback, universal=args.universal_checkpoint),
         logging=LoggingConfig(log_interval=args.log_interval, eval_interval=args.eval_interval,
                               eval_iters=args.eval_iters, tensorboard_dir=args.tensorboard_dir,
                               exit_interval=args.exit_interval, exit_duration_minutes=args.exit_duration_in_mins,

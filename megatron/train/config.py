@@ -90,6 +90,7 @@ class CheckpointConfig:
     reset_progress: bool
     finetune: bool
     fallback: bool
+    universal: bool  # --load holds a universal checkpoint (any TP/PP/DP)
 
 
 @dataclass(frozen=True)

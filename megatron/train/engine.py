@@ -49,11 +49,15 @@ def adamw(module: nn.Module, args: OptimizerConfig) -> torch.optim.Optimizer:
 
 
 def build_module(train: TrainConfig, spec: ModelSpec, config) -> nn.Module:
-    """Randomly initialised (identically for any layout, from `--seed`) on this rank."""
+    """Randomly initialised (identically for any layout, from `--seed`) on this rank. The
+    pipeline carries DeepSpeed's `universal_checkpoint_info`, which every save then writes, so
+    any of its checkpoints converts to a universal one."""
     parallel = model_parallel_config(torch.float32, device="cpu")
     if train.parallel.uses_pipeline:
-        return spec.build_pipeline(config, parallel, train.parallel.data, train.parallel.partition_method,
-                                   train.model.checkpoint_activations, train.norm_target_loss, init_seed=train.seed)
+        module = spec.build_pipeline(config, parallel, train.parallel.data, train.parallel.partition_method,
+                                     train.model.checkpoint_activations, train.norm_target_loss, init_seed=train.seed)
+        module.universal_checkpoint_info = spec.universal_checkpoint_info(config)
+        return module
     model = spec.build_model(config, parallel, train.model.checkpoint_activations, init_seed=train.seed)
     return ModelWithLoss(model, train.norm_target_loss)
 
@@ -69,12 +73,17 @@ def load_weights(module: nn.Module, spec: ModelSpec, layers: LayerSource, is_pip
 
 
 class TrainingEngine:
-    def __init__(self, train: TrainConfig, spec: ModelSpec, module: nn.Module):
+    def __init__(self, train: TrainConfig, spec: ModelSpec, module: nn.Module, load_universal: bool = False):
+        """With `load_universal`, `load` reads a universal checkpoint (DeepSpeed's
+        `checkpoint.load_universal`)."""
         self.train = train
         self.spec = spec
         self.is_pipeline = train.parallel.uses_pipeline
+        config = deepspeed_config(train)
+        if load_universal:
+            config.setdefault("checkpoint", {})["load_universal"] = True
         self.engine, *_ = deepspeed.initialize(
-            model=module, optimizer=adamw(module, train.optimizer), config=deepspeed_config(train),
+            model=module, optimizer=adamw(module, train.optimizer), config=config,
             mpu=None if self.is_pipeline else DeepSpeedMPU(),
         )
         stage = parallel_state.get_pipeline_model_parallel_rank()

@@ -123,7 +123,9 @@ def describe(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, config) -> str
                 for layer in spec.adapter.parameter_layers(config.num_layers))
     start = {"scratch": "random initialisation (no checkpoint in --save or --load)",
              "weights": f"the weights of {plan.folder}/{plan.tag} (fresh optimizer)",
-             "resume": f"resuming {plan.folder}/{plan.tag}"}[plan.kind]
+             "resume": f"resuming {plan.folder}/{plan.tag}",
+             "universal": f"the universal checkpoint {plan.folder}/{plan.tag} (weights, Adam moments, "
+                          "progress; RNG reseeded)"}[plan.kind]
     lines = [
         "dry run: nothing launched",
         f"world size {par.world_size} = TP {par.tensor} x PP {par.pipeline} x DP {par.data}",

@@ -6,6 +6,9 @@
 - `resume`: one of our training checkpoints: weights, optimizer, RNG through DeepSpeed's loader,
   and the progress (iteration, data position, LR schedule) unless `--reset-progress`. A
   checkpoint in `--save` is always resumed (a relaunch: the same command every time).
+- `universal`: with `--universal-checkpoint`, the universal checkpoint `latest_universal` names in
+  `--load` (DeepSpeed's format, `tools/convert_checkpoint/to_universal.py`): weights and Adam
+  moments at any TP x PP x DP, the progress it carries; the RNG is reseeded.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megatron.checkpoint.integrity import PROGRESS_FILE, newest_complete_tag, problem
-from megatron.checkpoint.layout import CheckpointError, has_checkpoint, read_latest
+from megatron.checkpoint.layout import LATEST_UNIVERSAL, CheckpointError, has_checkpoint, read_latest
 from megatron.checkpoint.metadata import CheckpointMetadata, read_metadata
 from megatron.models.common.vocab import padded_vocab_size
 from megatron.models.spec import ModelSpec
@@ -27,7 +30,7 @@ from megatron.train.progress import TrainingProgress
 
 @dataclass(frozen=True)
 class LoadPlan:
-    kind: str  # "scratch", "weights" or "resume"
+    kind: str  # "scratch", "weights", "resume" or "universal"
     folder: Path | None = None
     tag: str | None = None
     progress: TrainingProgress | None = None  # None: start at iteration 0
@@ -39,6 +42,8 @@ def plan_load(train: TrainConfig) -> LoadPlan:
     Otherwise start from `--load` as those flags say, or from scratch."""
     args = train.checkpoint
     relaunch = has_checkpoint(args.save)
+    if not relaunch and args.universal:
+        return _universal_plan(Path(args.load), args.reset_progress)
     if not relaunch and not has_checkpoint(args.load):
         return LoadPlan("scratch")
     folder = Path(args.save if relaunch else args.load)
@@ -54,6 +59,25 @@ def plan_load(train: TrainConfig) -> LoadPlan:
     if progress_file.is_file() and (relaunch or not (args.finetune or args.reset_progress)):
         progress = TrainingProgress(**json.loads(progress_file.read_text()))
     return LoadPlan(kind, folder, tag, progress)
+
+
+def _universal_plan(folder: Path, reset_progress: bool) -> LoadPlan:
+    """The universal checkpoint in `folder`, checked before any work: its pointer, DeepSpeed's
+    per-parameter `zero/` folder, its model files and our progress."""
+    try:
+        tag = read_latest(folder, LATEST_UNIVERSAL)
+    except CheckpointError as error:
+        raise ConfigError(f"--universal-checkpoint --load {error}") from None
+    tag_dir = folder / tag
+    missing = [what for what, present in (("zero/ (the per-parameter states)", (tag_dir / "zero").is_dir()),
+                                          ("mp_rank_*_model_states.pt", any(tag_dir.glob("mp_rank_*_model_states.pt"))),
+                                          (PROGRESS_FILE, (tag_dir / PROGRESS_FILE).is_file()))
+               if not present]
+    if missing:
+        raise ConfigError(f"--universal-checkpoint --load {folder}: {tag_dir} is not a complete universal "
+                          f"checkpoint: no {', '.join(missing)}")
+    progress = None if reset_progress else TrainingProgress(**json.loads((tag_dir / PROGRESS_FILE).read_text()))
+    return LoadPlan("universal", folder, tag, progress)
 
 
 def _complete_tag(folder: Path, flag: str, fallback: bool) -> str:
@@ -90,6 +114,9 @@ def run_metadata(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, vocab_size
             raise ConfigError(f"--load {error}") from None
         config = dataclasses.replace(meta.model, **args.options())
         hf_config = meta.hf_config
+        if plan.kind == "universal":  # its rows, padded for this layout (DeepSpeed adds zero rows)
+            config = dataclasses.replace(config, vocab_size=padded_vocab_size(
+                config.vocab_size, tp, args.make_vocab_size_divisible_by, args.pad_vocab_size_to))
         for flag, given, saved in (("--num-layers", args.num_layers, config.num_layers),
                                    ("--hidden-size", args.hidden_size, config.hidden_size),
                                    ("--num-attention-heads", args.num_heads, config.num_heads)):

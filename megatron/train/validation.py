@@ -56,6 +56,11 @@ def validate(train: TrainConfig) -> None:
         raise ConfigError("--save-interval needs --save")
     if train.checkpoint.finetune and not train.checkpoint.load:
         raise ConfigError("--finetune needs --load")
+    if train.checkpoint.universal and not train.checkpoint.load:
+        raise ConfigError("--universal-checkpoint needs --load (the folder holding latest_universal)")
+    if train.checkpoint.universal and par.zero_stage != 1:
+        raise ConfigError(f"--universal-checkpoint loads into ZeRO-1's partitioned optimizer on the "
+                          f"PipelineModule: use --zero-stage 1, not {par.zero_stage}")
     for flag, value in (("--log-interval", train.logging.log_interval), ("--eval-interval", train.logging.eval_interval)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1")

@@ -1,5 +1,7 @@
-"""HF <-> our checkpoints: bit-identical round trips through TP2/PP2, every HF input form,
-exported folders that transformers loads with our model's logits, and clear errors."""
+"""HF <-> our checkpoints: bit-identical round trips through TP2/PP2 (fp32 and bf16), every HF
+input form, exported folders that transformers loads with our model's logits, and clear errors.
+The tools' `main` runs in this process (`run_tool_in_process`), except in the exported-folder
+test, which runs them as commands."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from helpers.bloom_workers import checkpoint_logits_worker
 from helpers.tiny import VOCAB, make_hf_model
-from helpers.paths import run_tool, tool_main
+from helpers.paths import run_tool, run_tool_in_process, tool_main
 from helpers.distributed import free_port
 from safetensors import safe_open
 from transformers import BloomForCausalLM
@@ -100,7 +102,6 @@ def write_bin_checkpoint(source: Path, folder: Path, shards: int) -> None:
     (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
 
 
-@pytest.mark.slow
 def test_every_input_form_converts_the_same(hf_dir, tmp_path):
     BloomForCausalLM.from_pretrained(hf_dir).save_pretrained(tmp_path / "sharded", max_shard_size="30KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
@@ -108,7 +109,7 @@ def test_every_input_form_converts_the_same(hf_dir, tmp_path):
     write_bin_checkpoint(hf_dir, tmp_path / "bin_sharded", shards=3)
     outputs = []
     for source in (hf_dir, tmp_path / "sharded", tmp_path / "bin", tmp_path / "bin_sharded"):
-        run_tool(TO_MEGATRON, "--hf-dir", source, "--output-dir", tmp_path / f"out_{source.name}", "--target-tp", "2")
+        run_tool_in_process(TO_MEGATRON, "--hf-dir", source, "--output-dir", tmp_path / f"out_{source.name}", "--target-tp", "2")
         outputs.append(CheckpointReader(tmp_path / f"out_{source.name}", get_model_spec()))
     for layer in (1, 3, 4, 6):
         reference = outputs[0].layer(layer)
@@ -117,25 +118,23 @@ def test_every_input_form_converts_the_same(hf_dir, tmp_path):
             assert tensors.keys() == reference.keys() and all(torch.equal(tensors[k], reference[k]) for k in tensors)
 
 
-@pytest.mark.slow
 def test_vocabulary_padding_is_added_and_removed(hf_dir, tmp_path):
-    run_tool(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours", "--target-tp", "2",
+    run_tool_in_process(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours", "--target-tp", "2",
              "--make-vocab-size-divisible-by", "64")
     checkpoint = CheckpointReader(tmp_path / "ours", get_model_spec())
     assert checkpoint.config.vocab_size == 256 and checkpoint.layer(1)["word_embeddings.weight"].shape[0] == 256
     assert checkpoint.layer(1)["word_embeddings.weight"][VOCAB:].abs().sum() == 0
-    run_tool(TO_HF, "--checkpoint-dir", tmp_path / "ours", "--output-dir", tmp_path / "hf")
+    run_tool_in_process(TO_HF, "--checkpoint-dir", tmp_path / "ours", "--output-dir", tmp_path / "hf")
     assert hf_tensors(tmp_path / "hf")["word_embeddings.weight"].shape[0] == VOCAB
 
 
-@pytest.mark.slow
 def test_disagreeing_replicated_tensors_are_named(hf_dir, tmp_path):
-    run_tool(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours", "--target-tp", "2")
+    run_tool_in_process(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours", "--target-tp", "2")
     tag = tmp_path / "ours" / "global_step0"
     shard = torch.load(layer_file(tag, 4, 1))
     shard["post_attention_layernorm.weight"] += 0.5
     torch.save(shard, layer_file(tag, 4, 1))
-    result = run_tool(TO_HF, "--checkpoint-dir", tmp_path / "ours", "--output-dir", tmp_path / "hf", check=False)
+    result = run_tool_in_process(TO_HF, "--checkpoint-dir", tmp_path / "ours", "--output-dir", tmp_path / "hf", check=False)
     assert result.returncode == 1
     assert "'post_attention_layernorm.weight' differs between tensor-parallel ranks 0 and 1" in result.stderr
     assert not (tmp_path / "hf").exists()
@@ -154,7 +153,6 @@ def set_config(folder: Path, **values) -> None:
     (folder / "config.json").write_text(json.dumps(config))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage, args, message",
     [
@@ -169,27 +167,25 @@ def set_config(folder: Path, **values) -> None:
 )
 def test_bad_inputs_stop_with_a_clear_message(hf_dir, tmp_path, damage, args, message):
     source = broken_copy(hf_dir, tmp_path, damage)
-    result = run_tool(TO_MEGATRON, "--hf-dir", source, "--output-dir", tmp_path / "out", *args, check=False)
+    result = run_tool_in_process(TO_MEGATRON, "--hf-dir", source, "--output-dir", tmp_path / "out", *args, check=False)
     assert result.returncode == 1 and message in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow
 def test_megatron_core_extra_state_entries_are_ignored(hf_dir, tmp_path):
-    run_tool(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours")
+    run_tool_in_process(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours")
     path = layer_file(tmp_path / "ours" / "global_step0", 3, 0)
     shard = torch.load(path)
-    shard["self_attention.dense._extra_state"] = None  # as DeepSpeed saves our PipelineModule's layers
+    shard["self_attention.dense._extra_state"] = None  # as checkpoints trained before these were dropped have it
     torch.save(shard, path)
-    run_tool(TO_HF, "--checkpoint-dir", tmp_path / "ours", "--output-dir", tmp_path / "hf")
+    run_tool_in_process(TO_HF, "--checkpoint-dir", tmp_path / "ours", "--output-dir", tmp_path / "hf")
     assert "h.0.self_attention.dense.weight" in hf_tensors(tmp_path / "hf")
 
 
-@pytest.mark.slow
 def test_missing_layer_file_is_named(hf_dir, tmp_path):
-    run_tool(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours", "--target-tp", "2")
+    run_tool_in_process(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours", "--target-tp", "2")
     layer_file(tmp_path / "ours" / "global_step0", 3, 1).unlink()
-    result = run_tool(TO_HF, "--checkpoint-dir", tmp_path / "ours", "--output-dir", tmp_path / "hf", check=False)
+    result = run_tool_in_process(TO_HF, "--checkpoint-dir", tmp_path / "ours", "--output-dir", tmp_path / "hf", check=False)
     assert result.returncode == 1 and "layer_03-model_01-model_states.pt: missing" in result.stderr
 
 
@@ -199,7 +195,7 @@ def test_missing_layer_file_is_named(hf_dir, tmp_path):
 def test_deepspeed_pipeline_module_loads_our_checkpoint_at_tp2_pp2(hf_dir, tmp_path):
     from helpers.bloom_workers import pipeline_load_worker
 
-    run_tool(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours", "--target-tp", "2", "--target-pp", "2")
+    run_tool_in_process(TO_MEGATRON, "--hf-dir", hf_dir, "--output-dir", tmp_path / "ours", "--target-tp", "2", "--target-pp", "2")
     out = str(tmp_path / "report")
     mp.spawn(pipeline_load_worker, args=(4, free_port(), str(tmp_path / "ours"), str(hf_dir), out), nprocs=4)
     reports = [torch.load(f"{out}.{rank}") for rank in range(4)]

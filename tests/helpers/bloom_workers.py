@@ -12,7 +12,7 @@ from megatron.core import parallel_state
 from transformers import BloomForCausalLM
 
 from megatron.checkpoint.hf_reader import HFCheckpoint
-from megatron.checkpoint.layer_files import EXTRA_STATE, CheckpointReader
+from megatron.checkpoint.layer_files import CheckpointReader
 from megatron.checkpoint.loading import load_layers_into_model
 from megatron.models import get_model_spec
 from megatron.models.bloom.model import BloomModel
@@ -168,9 +168,7 @@ def pipeline_load_worker(rank: int, world: int, port: int, checkpoint: str, hf_f
             if isinstance(layer, torch.nn.Module):  # the tied embedding included
                 global_index = first + index
                 report["layers"].append(global_index)
-                for local, p in layer.state_dict().items():
-                    if local.endswith(EXTRA_STATE):  # megatron-core's placeholder, not a tensor of ours
-                        continue
+                for local, p in layer.state_dict().items():  # tensors only (no `_extra_state`)
                     error = (p - expected[(global_index, local)]).abs().max().item()
                     report["max_error"] = max(report["max_error"], error)
         # the tied embedding / LM head weight, on both stages (the last gets it from the first)

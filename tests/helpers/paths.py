@@ -3,7 +3,9 @@ runners for the project's CLI tools (as a user runs them, or their `main` in thi
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -37,3 +39,18 @@ def tool_main(script: str) -> Callable[[list[str]], object]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
+
+
+def run_tool_in_process(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`run_tool`'s result, from the tool's `main` in this process (its exit status, what it
+    printed): the same checks without a new interpreter's imports."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            status = tool_main(script)(list(map(str, args))) or 0
+        except SystemExit as exit:  # argparse's refusals
+            status = exit.code if isinstance(exit.code, int) else 1
+    result = subprocess.CompletedProcess([script, *map(str, args)], status, stdout.getvalue(), stderr.getvalue())
+    if check and status != 0:
+        raise AssertionError(f"{script} failed ({status}):\n{result.stderr}")
+    return result

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = convert_megatron_to_hf(args.checkpoint_dir, args.output_dir, get_model_spec(), args.tokenizer_dir, args.max_shard_size)
-    except (CheckpointError, FileNotFoundError) as error:
+    except (CheckpointError, ValueError, FileNotFoundError) as error:  # also replicated shards that disagree
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {out}")

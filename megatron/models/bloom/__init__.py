@@ -5,7 +5,7 @@ state-dict adapter, gathered into `SPEC`, its `ModelSpec`."""
 from megatron.models.bloom import state_dict_adapter
 from megatron.models.bloom.config import FLOPS_FORMULA, BloomModelConfig, model_flops_per_token
 from megatron.models.bloom.model import BloomModel
-from megatron.models.bloom.pipeline import bloom_pipeline, check_partition, stage_layers
+from megatron.models.bloom.pipeline import bloom_pipeline, check_partition, stage_layers, universal_checkpoint_info
 from megatron.models.spec import ModelSpec
 
 SPEC = ModelSpec(
@@ -16,6 +16,7 @@ SPEC = ModelSpec(
     stage_layers=stage_layers,
     check_partition=check_partition,
     adapter=state_dict_adapter,
+    universal_checkpoint_info=universal_checkpoint_info,
     flops_per_token=model_flops_per_token,
     flops_formula=FLOPS_FORMULA,
 )

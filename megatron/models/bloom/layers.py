@@ -26,6 +26,7 @@ from megatron.kernels.fused_bias import bias_dropout_add, bias_gelu, fused
 from megatron.models.bloom.config import BloomModelConfig
 from megatron.models.common.alibi import alibi_slopes_for_rank
 from megatron.models.common.attention import get_backend
+from megatron.models.common.extra_state import without_extra_state
 from megatron.models.common.tp_random import tensor_parallel_rng
 
 
@@ -45,6 +46,7 @@ class WordEmbeddings(tensor_parallel.VocabParallelEmbedding):
         super().__init__(config.vocab_size, config.hidden_size,
                          init_method=normal_init(config.init_method_std), config=parallel)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, dtype=parallel.params_dtype)
+        without_extra_state(self)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.norm(super().forward(tokens))
@@ -120,6 +122,7 @@ class BloomBlock(nn.Module):
         self.mlp = MLP(config, parallel)
         self.hidden_dropout = config.hidden_dropout
         self.bias_dropout_add = fused(bias_dropout_add) if config.bias_dropout_fusion else bias_dropout_add
+        without_extra_state(self)  # state dicts hold exactly Megatron-DeepSpeed's tensors
 
     def forward(self, hidden: torch.Tensor, segment_ids: torch.Tensor, is_inputs: torch.Tensor | None = None) -> torch.Tensor:
         attention, bias = self.self_attention(self.input_layernorm(hidden), segment_ids, is_inputs)

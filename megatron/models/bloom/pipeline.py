@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 
 import torch
+from deepspeed.checkpoint import constants as ds_checkpoint
 from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 from deepspeed.runtime import utils as ds_utils
 from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
@@ -25,7 +26,8 @@ from torch import nn
 
 from megatron.models.bloom.config import BloomModelConfig
 from megatron.models.bloom.layers import BloomBlock, WordEmbeddings
-from megatron.models.bloom.state_dict_adapter import EMBEDDING_LAYER, FIRST_BLOCK_LAYER, layer_parameters
+from megatron.models.bloom.state_dict_adapter import (EMBEDDING_LAYER, FIRST_BLOCK_LAYER, layer_parameters,
+                                                     layer_shapes, tp_split_dim)
 from megatron.models.common.loss import head_and_loss
 from megatron.models.common.recompute import checkpoint
 from megatron.models.common.tp_random import layer_seed, seeded
@@ -130,6 +132,37 @@ def bloom_pipeline(config: BloomModelConfig, parallel: ModelParallelConfig, data
         activation_checkpoint_interval=1 if checkpoint_activations else 0,
         activation_checkpoint_func=checkpoint, checkpointable_layers=[TransformerBlockPipe.__name__],
     )
+
+
+def universal_checkpoint_info(config: BloomModelConfig) -> dict:
+    """What DeepSpeed's universal checkpoint converter (`deepspeed.checkpoint.ds_to_universal`)
+    needs to merge this pipeline's ZeRO shards over TP and to split them again at another layout:
+    for each parameter name of the `PipelineModule` (`tied_modules.embed.*` for the embedding, the
+    pipeline layer number for the rest), whether it is replicated over TP (LayerNorms, row-parallel
+    biases), split by rows (row-parallel weights) or the vocabulary-parallel embedding with its
+    padding (the rest is split along dim 0); and that the tied embedding lives on the first and the
+    last stage. The "original" vocabulary is the padded one: the padding rows are trained
+    parameters (their logits are in the softmax), so they are kept, and a resume at the same
+    padded size is exact; a layout whose padding is larger adds zero rows."""
+    tied = f"tied_modules\\.{TIED_EMBEDDING}\\."
+    replicated, rows = [], []
+    for kind, prefix in (("embedding", tied), ("block", r"\d+\."), ("final_norm", r"\d+\.")):
+        for local in layer_shapes(config, kind):
+            pattern = f"^{prefix}{re.escape(local)}$"
+            dim = tp_split_dim(local)
+            if dim is None:
+                replicated.append(pattern)
+            elif dim == 1:
+                rows.append(pattern)
+    return {
+        ds_checkpoint.UNIVERSAL_CHECKPOINT_VERSION_KEY: ds_checkpoint.UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+        ds_checkpoint.ORIGINAL_VOCAB_SIZE: config.vocab_size,
+        ds_checkpoint.PADDED_VOCAB_SIZE: config.vocab_size,
+        ds_checkpoint.TP_REPLICATED_PARAMETER_PATTERNS: replicated,
+        ds_checkpoint.PARAMETER_WITH_ROW_PARALLELISM_PATTERNS: rows,
+        ds_checkpoint.VOCABULARY_PARAMETER_PATTERNS: [f"^{tied}word_embeddings\\.weight$"],
+        ds_checkpoint.PIPELINE_REPLICATED_PARAMETER_PATTERNS: [f"^{tied}"],
+    }
 
 
 def layer_kind(spec) -> str | None:
