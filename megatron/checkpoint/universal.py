@@ -38,6 +38,21 @@ def _parameter_names(tag_dir: Path) -> tuple[set[str], dict]:
     return names, info
 
 
+def shape_problem(tag_dir: Path, expected: dict[str, tuple[int, ...]]) -> str | None:
+    """How the universal checkpoint in `tag_dir` differs from a model with `expected` parameter
+    shapes (`ModelSpec.pipeline_parameter_shapes`), or None; tensors are memory-mapped, not read."""
+    zero = tag_dir / "zero"
+    found = {path.name for path in zero.iterdir() if path.is_dir()}
+    if found != set(expected):
+        names = sorted(set(expected) ^ found)
+        return f"{zero} holds other parameters than the model's (e.g. {names[0]})"
+    for name, shape in expected.items():
+        saved = tuple(torch.load(zero / name / "fp32.pt", mmap=True, weights_only=False)["param"].shape)
+        if saved != shape:
+            return f"{zero / name} has shape {saved}, the model {shape}"
+    return None
+
+
 def make_universal(folder: str | Path, tag: str | None = None) -> Path:
     """`folder/TAG_universal` from checkpoint `tag` of `folder` (default: the one `latest` names)."""
     folder = Path(folder)

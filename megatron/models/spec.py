@@ -28,6 +28,8 @@ class ModelSpec:
     # config -> DeepSpeed's `universal_checkpoint_info` for the pipeline's
     # parameter names (how ds_to_universal merges and re-splits them over TP)
     universal_checkpoint_info: Callable
+    # config -> {pipeline parameter name: whole shape}, what a universal checkpoint must hold
+    pipeline_parameter_shapes: Callable
     # (config, seq_length) -> model FLOPs per token, and the formula in words
     flops_per_token: Callable
     flops_formula: str

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from megatron.checkpoint.integrity import PROGRESS_FILE, newest_complete_tag, problem
 from megatron.checkpoint.layout import LATEST_UNIVERSAL, CheckpointError, has_checkpoint, read_latest
-from megatron.checkpoint.metadata import CheckpointMetadata, read_metadata
+from megatron.checkpoint.metadata import MODEL_CONFIG_FILE, CheckpointMetadata, read_metadata
+from megatron.checkpoint.universal import shape_problem
 from megatron.models.common.vocab import padded_vocab_size
 from megatron.models.spec import ModelSpec
 from megatron.train.config import TrainConfig
@@ -115,6 +116,10 @@ def run_metadata(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, vocab_size
         config = dataclasses.replace(meta.model, **args.options())
         hf_config = meta.hf_config
         if plan.kind == "universal":  # its rows, padded for this layout (DeepSpeed adds zero rows)
+            issue = shape_problem(plan.folder / plan.tag, spec.pipeline_parameter_shapes(config))
+            if issue:
+                raise ConfigError(f"--universal-checkpoint --load {plan.folder}: {issue} "
+                                  f"(the model of {plan.folder / MODEL_CONFIG_FILE})")
             config = dataclasses.replace(config, vocab_size=padded_vocab_size(
                 config.vocab_size, tp, args.make_vocab_size_divisible_by, args.pad_vocab_size_to))
         for flag, given, saved in (("--num-layers", args.num_layers, config.num_layers),

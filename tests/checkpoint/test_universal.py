@@ -114,9 +114,9 @@ def test_layer_files_hold_exactly_megatron_deepspeeds_tensors(whole):
 
 
 def test_bad_folders_are_named_before_any_work(whole, tmp_path):
-    """--universal-checkpoint at a folder without a universal checkpoint, and a universal one
-    without its per-parameter states, stop before any process group; a damaged source checkpoint
-    stops the conversion with nothing written."""
+    """--universal-checkpoint at a folder without a universal checkpoint, at a universal one
+    without its per-parameter states, and at one of another model's shape stop before any process
+    group; a damaged source checkpoint stops the conversion with nothing written."""
     shutil.copytree(whole["run"], tmp_path / "plain", ignore=shutil.ignore_patterns("*_universal"))
     failed = finetune(1, [*whole["args"], "--train-iters", "5", "--load", tmp_path / "plain", "--universal-checkpoint"],
                       check=False)
@@ -126,6 +126,13 @@ def test_bad_folders_are_named_before_any_work(whole, tmp_path):
     failed = finetune(1, [*whole["args"], "--train-iters", "5", "--load", tmp_path / "broken", "--universal-checkpoint"],
                       check=False)
     assert failed.returncode != 0 and "is not a complete universal checkpoint: no zero/" in failed.stderr
+    shutil.copytree(whole["run"], tmp_path / "other_model")
+    meta = json.loads((tmp_path / "other_model" / "bloom_config.json").read_text())
+    meta["model"]["hidden_size"] = 64  # the folder's model is not the one its universal checkpoint holds
+    (tmp_path / "other_model" / "bloom_config.json").write_text(json.dumps(meta))
+    failed = finetune(1, [*whole["args"], "--hidden-size", "64", "--train-iters", "5", "--load", tmp_path / "other_model",
+                          "--universal-checkpoint"], check=False)
+    assert failed.returncode != 0 and "word_embeddings.weight has shape (1024, 32), the model (1024, 64)" in failed.stderr
     shard = next((tmp_path / "plain" / "global_step8").glob("zero_pp_rank_*_optim_states.pt"))
     shard.write_bytes(shard.read_bytes()[:100])
     result = run_tool(TO_UNIVERSAL, "--checkpoint-dir", tmp_path / "plain", check=False)

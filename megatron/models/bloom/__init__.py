@@ -5,7 +5,8 @@ state-dict adapter, gathered into `SPEC`, its `ModelSpec`."""
 from megatron.models.bloom import state_dict_adapter
 from megatron.models.bloom.config import FLOPS_FORMULA, BloomModelConfig, model_flops_per_token
 from megatron.models.bloom.model import BloomModel
-from megatron.models.bloom.pipeline import bloom_pipeline, check_partition, stage_layers, universal_checkpoint_info
+from megatron.models.bloom.pipeline import (bloom_pipeline, check_partition, pipeline_parameter_shapes, stage_layers,
+                                            universal_checkpoint_info)
 from megatron.models.spec import ModelSpec
 
 SPEC = ModelSpec(
@@ -17,6 +18,7 @@ SPEC = ModelSpec(
     check_partition=check_partition,
     adapter=state_dict_adapter,
     universal_checkpoint_info=universal_checkpoint_info,
+    pipeline_parameter_shapes=pipeline_parameter_shapes,
     flops_per_token=model_flops_per_token,
     flops_formula=FLOPS_FORMULA,
 )

@@ -26,8 +26,8 @@ from torch import nn
 
 from megatron.models.bloom.config import BloomModelConfig
 from megatron.models.bloom.layers import BloomBlock, WordEmbeddings
-from megatron.models.bloom.state_dict_adapter import (EMBEDDING_LAYER, FIRST_BLOCK_LAYER, layer_parameters,
-                                                     layer_shapes, tp_split_dim)
+from megatron.models.bloom.state_dict_adapter import (EMBEDDING_LAYER, FIRST_BLOCK_LAYER, final_norm_layer,
+                                                     layer_parameters, layer_shapes, tp_split_dim)
 from megatron.models.common.loss import head_and_loss
 from megatron.models.common.recompute import checkpoint
 from megatron.models.common.tp_random import layer_seed, seeded
@@ -132,6 +132,17 @@ def bloom_pipeline(config: BloomModelConfig, parallel: ModelParallelConfig, data
         activation_checkpoint_interval=1 if checkpoint_activations else 0,
         activation_checkpoint_func=checkpoint, checkpointable_layers=[TransformerBlockPipe.__name__],
     )
+
+
+def pipeline_parameter_shapes(config: BloomModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter of the `PipelineModule` by its name there, whole (not split over TP)."""
+    shapes = {f"tied_modules.{TIED_EMBEDDING}.{local}": shape
+              for local, shape in layer_shapes(config, "embedding").items()}
+    for layer in range(FIRST_BLOCK_LAYER, FIRST_BLOCK_LAYER + config.num_layers):
+        shapes.update({f"{layer}.{local}": shape for local, shape in layer_shapes(config, "block").items()})
+    final = final_norm_layer(config.num_layers)
+    shapes.update({f"{final}.{local}": shape for local, shape in layer_shapes(config, "final_norm").items()})
+    return shapes
 
 
 def universal_checkpoint_info(config: BloomModelConfig) -> dict:
