@@ -77,6 +77,8 @@ def train_from(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, meta: Checkp
                     parallel_state.get_pipeline_model_parallel_rank())
     if plan.kind in ("resume", "universal"):  # a universal checkpoint's layout may differ: RNG from --seed
         resume(engine, plan, load_rng=plan.kind == "resume" and not train.checkpoint.no_load_rng)
+    if plan.kind == "universal" and (train.checkpoint.no_load_optim or train.checkpoint.finetune):
+        engine.forget_optimizer_state()
     log(f"model: {config}; from {plan.kind}" + (f" {plan.folder}/{plan.tag}" if plan.tag else "")
         + ("; RNG reseeded from --seed (a universal checkpoint's layout may differ)" if plan.kind == "universal" else "")
         + f"; TP={train.parallel.tensor} PP={train.parallel.pipeline} DP={train.parallel.data} "

@@ -43,6 +43,10 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 KILL_SWITCH=$LOG_DIR/kill-switch
 
 if [[ -n ${UNIVERSAL_FROM:-} ]]; then
+    if [[ $(realpath -m "$UNIVERSAL_FROM") == $(realpath -m "$CHECKPOINT_DIR") ]]; then
+        echo "error: UNIVERSAL_FROM is CHECKPOINT_DIR: give the run at the new layout a new CHECKPOINT_DIR" >&2
+        exit 2
+    fi
     START=(--load "$UNIVERSAL_FROM" --universal-checkpoint)
 else
     START=(--load "$INIT_CHECKPOINT" --no-load-optim --reset-progress)

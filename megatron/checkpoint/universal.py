@@ -61,26 +61,34 @@ def make_universal(folder: str | Path, tag: str | None = None) -> Path:
     issue = problem(tag_dir)
     if issue is not None:
         raise CheckpointError(issue)
-    if not any(tag_dir.glob("zero_pp_rank_*_optim_states.pt")):
-        raise CheckpointError(f"{tag_dir}: no ZeRO optimizer shards (zero_pp_rank_*_optim_states.pt): universal "
+    if not any(tag_dir.glob("*zero_pp_rank_*_optim_states.pt")):  # bf16_ / fp16_ prefixes too
+        raise CheckpointError(f"{tag_dir}: no ZeRO optimizer shards (*zero_pp_rank_*_optim_states.pt): universal "
                               "checkpoints are made from ZeRO-1 runs (--zero-stage 1)")
     names, _ = _parameter_names(tag_dir)
     if not names:
         raise CheckpointError(f"{tag_dir}: its model files list no parameters")
     out = folder / f"{tag}_universal"
-    with atomic_folder(out) as tmp:
-        converted = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
-                                    "--input_folder", str(tag_dir), "--output_folder", str(tmp)],
-                                   stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
-        if converted.returncode != 0:
-            raise CheckpointError(f"deepspeed.checkpoint.ds_to_universal failed on {tag_dir}:\n"
-                                  f"{converted.stderr[-3000:]}")
-        missing = [f"{name}/{state}.pt" for name in sorted(names) for state in STATES
-                   if not (tmp / "zero" / name / f"{state}.pt").is_file()]
-        if missing:
-            raise CheckpointError(f"the universal checkpoint of {tag_dir} lacks {len(missing)} parameter states, "
-                                  f"e.g. zero/{missing[0]}")
-        shutil.copy2(tag_dir / PROGRESS_FILE, tmp / PROGRESS_FILE)
-        write_manifest(tmp)
-    write_atomically(folder / LATEST_UNIVERSAL, out.name)
+    pointer = folder / LATEST_UNIVERSAL  # DeepSpeed's converter points it at its output folder itself
+    before = pointer.read_text() if pointer.is_file() else None
+    try:
+        with atomic_folder(out) as tmp:
+            converted = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+                                        "--input_folder", str(tag_dir), "--output_folder", str(tmp)])
+            if converted.returncode != 0:
+                raise CheckpointError(f"deepspeed.checkpoint.ds_to_universal failed on {tag_dir} "
+                                      f"(exit status {converted.returncode}; its output is above)")
+            missing = [f"{name}/{state}.pt" for name in sorted(names) for state in STATES
+                       if not (tmp / "zero" / name / f"{state}.pt").is_file()]
+            if missing:
+                raise CheckpointError(f"the universal checkpoint of {tag_dir} lacks {len(missing)} parameter "
+                                      f"states, e.g. zero/{missing[0]}")
+            shutil.copy2(tag_dir / PROGRESS_FILE, tmp / PROGRESS_FILE)
+            write_manifest(tmp)
+    except BaseException:
+        if before is None:
+            pointer.unlink(missing_ok=True)
+        else:
+            write_atomically(pointer, before)
+        raise
+    write_atomically(pointer, out.name)
     return out

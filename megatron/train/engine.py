@@ -80,8 +80,7 @@ class TrainingEngine:
         self.spec = spec
         self.is_pipeline = train.parallel.uses_pipeline
         config = deepspeed_config(train)
-        if load_universal:
-            config.setdefault("checkpoint", {})["load_universal"] = True
+        config.setdefault("checkpoint", {})["load_universal"] = load_universal  # not a JSON's say
         self.engine, *_ = deepspeed.initialize(
             model=module, optimizer=adamw(module, train.optimizer), config=config,
             mpu=None if self.is_pipeline else DeepSpeedMPU(),
@@ -146,7 +145,25 @@ class TrainingEngine:
             str(folder), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False)
         if path is None:
             raise RuntimeError(f"--load {folder}: DeepSpeed could not load {tag}")
+        if self.engine.load_universal_checkpoint():
+            self._steps_beside_their_parameters()
         return client_state
+
+    def forget_optimizer_state(self) -> None:
+        """A fresh Adam (zero moments, step 0) on the loaded weights: `--no-load-optim` or
+        `--finetune` with a universal checkpoint, whose loader always brings the moments."""
+        optimizer = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
+        optimizer.state.clear()
+
+    def _steps_beside_their_parameters(self) -> None:
+        """DeepSpeed's universal loader sets Adam's `step` to the CPU tensor it read; the fused
+        AdamW of a GPU run needs it on the parameter's device (torch's own `load_state_dict` moves
+        it; this path does not)."""
+        optimizer = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
+        for state_of, state in optimizer.state.items():
+            step = state.get("step")
+            if torch.is_tensor(step) and step.device != state_of.device:
+                state["step"] = step.to(state_of.device, torch.float32)
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.engine.device, non_blocking=True) for k, v in batch.items()}

@@ -8,7 +8,8 @@
   checkpoint in `--save` is always resumed (a relaunch: the same command every time).
 - `universal`: with `--universal-checkpoint`, the universal checkpoint `latest_universal` names in
   `--load` (DeepSpeed's format, `tools/convert_checkpoint/to_universal.py`): weights and Adam
-  moments at any TP x PP x DP, the progress it carries; the RNG is reseeded.
+  moments at any TP x PP x DP (a fresh Adam with `--no-load-optim` or `--finetune`), the progress
+  it carries (unless `--reset-progress` or `--finetune`); the RNG is reseeded.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def plan_load(train: TrainConfig) -> LoadPlan:
     args = train.checkpoint
     relaunch = has_checkpoint(args.save)
     if not relaunch and args.universal:
-        return _universal_plan(Path(args.load), args.reset_progress)
+        return _universal_plan(Path(args.load), args.reset_progress or args.finetune)
     if not relaunch and not has_checkpoint(args.load):
         return LoadPlan("scratch")
     folder = Path(args.save if relaunch else args.load)
@@ -115,13 +116,22 @@ def run_metadata(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, vocab_size
             raise ConfigError(f"--load {error}") from None
         config = dataclasses.replace(meta.model, **args.options())
         hf_config = meta.hf_config
+        saved_layout = (meta.tensor_model_parallel_size, meta.pipeline_model_parallel_size)
+        if plan.kind == "resume" and saved_layout != (tp, train.parallel.pipeline):
+            raise ConfigError(f"{plan.folder}/{plan.tag} was saved at TP {saved_layout[0]} x PP {saved_layout[1]}, "
+                              f"this run is TP {tp} x PP {train.parallel.pipeline}: make it universal "
+                              "(tools/convert_checkpoint/to_universal.py) and start a new --save with "
+                              "--universal-checkpoint, or load its weights alone with --no-load-optim")
         if plan.kind == "universal":  # its rows, padded for this layout (DeepSpeed adds zero rows)
             issue = shape_problem(plan.folder / plan.tag, spec.pipeline_parameter_shapes(config))
             if issue:
                 raise ConfigError(f"--universal-checkpoint --load {plan.folder}: {issue} "
                                   f"(the model of {plan.folder / MODEL_CONFIG_FILE})")
-            config = dataclasses.replace(config, vocab_size=padded_vocab_size(
-                config.vocab_size, tp, args.make_vocab_size_divisible_by, args.pad_vocab_size_to))
+            try:
+                config = dataclasses.replace(config, vocab_size=padded_vocab_size(
+                    config.vocab_size, tp, args.make_vocab_size_divisible_by, args.pad_vocab_size_to))
+            except ValueError as error:
+                raise ConfigError(f"--universal-checkpoint: its {config.vocab_size} embedding rows: {error}") from None
         for flag, given, saved in (("--num-layers", args.num_layers, config.num_layers),
                                    ("--hidden-size", args.hidden_size, config.hidden_size),
                                    ("--num-attention-heads", args.num_heads, config.num_heads)):

@@ -99,6 +99,25 @@ def test_a_larger_vocabulary_padding_loads(whole, tmp_path):
     assert after[1024:].abs().max() < 1e-6
 
 
+def test_a_bf16_run_converts_and_resumes(whole, tmp_path):
+    """bf16 (the 176B recipe's precision): DeepSpeed names the shards `bf16_zero_pp_rank_*`; the
+    checkpoint converts and its universal form resumes, with Adam's state (3 steps after 1 more),
+    or with a fresh Adam under --no-load-optim (1 step)."""
+    bf16 = [*whole["args"], "--bf16"]
+    finetune(1, [*bf16, "--train-iters", "2", "--save", tmp_path / "run"])
+    assert list((tmp_path / "run" / "global_step2").glob("bf16_zero_pp_rank_*_optim_states.pt"))
+    run_tool(TO_UNIVERSAL, "--checkpoint-dir", tmp_path / "run")
+    resumed = finetune(1, [*bf16, "--train-iters", "3", "--load", tmp_path / "run", "--universal-checkpoint",
+                           "--tensorboard-dir", tmp_path / "tb"])
+    assert "from universal" in resumed.stdout and sorted(scalars(tmp_path / "tb", "lm loss")) == [3]
+    for flags, steps in (([], 3), (["--no-load-optim"], 1)):  # Adam's step count: carried over, or fresh
+        finetune(1, [*bf16, "--train-iters", "3", "--load", tmp_path / "run", "--universal-checkpoint", *flags,
+                     "--save", tmp_path / f"steps{steps}"])
+        (optim,) = (tmp_path / f"steps{steps}" / "global_step3").glob("*optim_states.pt")
+        state = torch.load(optim, weights_only=False)["optimizer_state_dict"]["base_optimizer_state"]["state"]
+        assert int(next(iter(state.values()))["step"]) == steps, flags
+
+
 def test_layer_files_hold_exactly_megatron_deepspeeds_tensors(whole):
     spec = get_model_spec()
     tag = whole["run"] / "global_step4"
@@ -116,7 +135,8 @@ def test_layer_files_hold_exactly_megatron_deepspeeds_tensors(whole):
 def test_bad_folders_are_named_before_any_work(whole, tmp_path):
     """--universal-checkpoint at a folder without a universal checkpoint, at a universal one
     without its per-parameter states, and at one of another model's shape stop before any process
-    group; a damaged source checkpoint stops the conversion with nothing written."""
+    group, and so does a relaunch at another TP/PP without it; a damaged source checkpoint stops the conversion with nothing written and
+    `latest_universal` as it was."""
     shutil.copytree(whole["run"], tmp_path / "plain", ignore=shutil.ignore_patterns("*_universal"))
     failed = finetune(1, [*whole["args"], "--train-iters", "5", "--load", tmp_path / "plain", "--universal-checkpoint"],
                       check=False)
@@ -133,6 +153,8 @@ def test_bad_folders_are_named_before_any_work(whole, tmp_path):
     failed = finetune(1, [*whole["args"], "--hidden-size", "64", "--train-iters", "5", "--load", tmp_path / "other_model",
                           "--universal-checkpoint"], check=False)
     assert failed.returncode != 0 and "word_embeddings.weight has shape (1024, 32), the model (1024, 64)" in failed.stderr
+    moved = finetune(2, [*whole["args"], *PP2, "--train-iters", "9", "--save", tmp_path / "plain"], check=False)
+    assert moved.returncode != 0 and "was saved at TP 2 x PP 2, this run is TP 1 x PP 2" in moved.stderr
     shard = next((tmp_path / "plain" / "global_step8").glob("zero_pp_rank_*_optim_states.pt"))
     shard.write_bytes(shard.read_bytes()[:100])
     result = run_tool(TO_UNIVERSAL, "--checkpoint-dir", tmp_path / "plain", check=False)
