@@ -149,18 +149,21 @@ class TrainingEngine:
             self._steps_beside_their_parameters()
         return client_state
 
+    @property
+    def _adam(self) -> torch.optim.Optimizer:
+        """The torch AdamW inside DeepSpeed's ZeRO wrapper."""
+        return getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
+
     def forget_optimizer_state(self) -> None:
         """A fresh Adam (zero moments, step 0) on the loaded weights: `--no-load-optim` or
         `--finetune` with a universal checkpoint, whose loader always brings the moments."""
-        optimizer = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
-        optimizer.state.clear()
+        self._adam.state.clear()
 
     def _steps_beside_their_parameters(self) -> None:
         """DeepSpeed's universal loader sets Adam's `step` to the CPU tensor it read; the fused
         AdamW of a GPU run needs it on the parameter's device (torch's own `load_state_dict` moves
         it; this path does not)."""
-        optimizer = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
-        for state_of, state in optimizer.state.items():
+        for state_of, state in self._adam.state.items():
             step = state.get("step")
             if torch.is_tensor(step) and step.device != state_of.device:
                 state["step"] = step.to(state_of.device, torch.float32)

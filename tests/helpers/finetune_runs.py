@@ -143,6 +143,15 @@ def final_weights(folder: Path) -> dict[str, torch.Tensor]:
             for name, tensor in torch.load(path).items() if isinstance(tensor, torch.Tensor)}
 
 
+def adam_steps(folder: Path) -> int:
+    """The step count of Adam's state in the latest checkpoint of `folder` (DeepSpeed's ZeRO-1
+    optimizer file, any precision prefix)."""
+    tag = folder / (folder / "latest").read_text()
+    (optim,) = tag.glob("*optim_states.pt")
+    state = torch.load(optim, weights_only=False)["optimizer_state_dict"]["base_optimizer_state"]["state"]
+    return int(next(iter(state.values()))["step"])
+
+
 def copy_as_of(run: Path, tag: str, folder: Path) -> Path:
     """`folder`: the checkpoint folder `run` as it was when `tag` was its newest checkpoint (what
     a relaunch after a preemption at that point finds in --save)."""

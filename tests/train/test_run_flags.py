@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.finetune_runs import copy_as_of, finetune, preprocess_demo, scalars, tiny_model_args
+from helpers.finetune_runs import adam_steps, copy_as_of, finetune, preprocess_demo, scalars, tiny_model_args
 
 from megatron.data.mtf_datasets import build_group
 from megatron.data.tokenizer import HFTokenizer
@@ -45,14 +45,6 @@ def first_run(demo_dir, demo_data, tmp_path_factory) -> dict:
             "step2": copy_as_of(root / "run", "global_step2", root / "as_of_step2")}
 
 
-def _adam_steps(folder: Path) -> int:
-    """The step count of Adam's state in the latest checkpoint of `folder` (DeepSpeed's ZeRO-1 file)."""
-    tag = folder / (folder / "latest").read_text()
-    (optim,) = tag.glob("*optim_states.pt")
-    state = torch.load(optim, weights_only=False)["optimizer_state_dict"]["base_optimizer_state"]["state"]
-    return int(next(iter(state.values()))["step"])
-
-
 def _then(first_run: dict, tmp_path: Path, *flags: str, iters: int) -> tuple[str, dict[str, dict[int, float]]]:
     """A first launch with --load at the checkpoint of iteration 2 and `flags`: its output and
     its loss, learning rate and validation curves."""
@@ -71,7 +63,7 @@ def test_no_load_optim_keeps_weights_and_progress_with_a_fresh_optimizer(first_r
     before = scalars(first_run["tb"], "lm loss")
     assert curves["lm loss"][3] == before[3] and curves["lm loss"][4] != before[4]
     assert curves["learning-rate"] == {i: v for i, v in scalars(first_run["tb"], "learning-rate").items() if i > 2}
-    assert _adam_steps(tmp_path / "run") == 2
+    assert adam_steps(tmp_path / "run") == 2
 
 
 def test_finetune_loads_the_weights_only(first_run, tmp_path):
@@ -83,14 +75,14 @@ def test_finetune_loads_the_weights_only(first_run, tmp_path):
         assert curves[f"lm-loss-validation/{group}"][0] == scalars(first_run["tb"], f"lm-loss-validation/{group}")[2]
     assert curves["learning-rate"][1] == 0.0 and curves["lm loss"][1] != scalars(first_run["tb"], "lm loss")[1]
     assert json.loads((tmp_path / "run" / "global_step2" / "progress.json").read_text())["consumed_samples"] == 16
-    assert _adam_steps(tmp_path / "run") == 2
+    assert adam_steps(tmp_path / "run") == 2
 
 
 def test_reset_progress_keeps_the_optimizer_and_restarts_the_schedule(first_run, tmp_path):
     out, curves = _then(first_run, tmp_path, "--reset-progress", iters=2)
     assert "from resume" in out and "training from iteration 0 to 2" in out
     assert curves["learning-rate"][1] == 0.0
-    assert _adam_steps(tmp_path / "run") == 4  # two steps loaded, two taken
+    assert adam_steps(tmp_path / "run") == 4  # two steps loaded, two taken
 
 
 def test_each_validation_group_is_evaluated_and_reported(first_run):
