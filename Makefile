@@ -23,7 +23,7 @@ $(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test,tensorboard]" --config-settings editable_mode=compat
+	$(PY) -m pip install --quiet -e ".[test,tensorboard,plot]" --config-settings editable_mode=compat
 	touch $@
 
 test: $(STAMP)
@@ -48,6 +48,13 @@ demo: $(STAMP)
 		--output-dir $(DEMO_DIR)/bloomz-tiny --tokenizer-dir $(DEMO_DIR)/tokenizer
 	$(PY) tools/generate.py --input $(DEMO_DIR)/xp3_demo_valid.jsonl --num-prompts 8 \
 		--model before=$(DEMO_DIR)/bloom-tiny --model after=$(DEMO_DIR)/bloomz-tiny
+	$(PY) tools/evaluate.py --hf-dir $(DEMO_DIR)/bloom-tiny --tokenizer-name-or-path $(DEMO_DIR)/tokenizer \
+		--tasks $(DEMO_DIR)/eval_tasks --seq-length 256 --output-json $(DEMO_DIR)/eval/before.json
+	$(PY) -m torch.distributed.run --nproc-per-node 2 tools/evaluate.py \
+		--checkpoint-dir $(DEMO_DIR)/checkpoints/bloomz-tiny --tensor-model-parallel-size 2 \
+		--tokenizer-name-or-path $(DEMO_DIR)/tokenizer --tasks $(DEMO_DIR)/eval_tasks --seq-length 256 \
+		--baseline $(DEMO_DIR)/eval/before.json --output-json $(DEMO_DIR)/eval/after.json \
+		--per-example-output $(DEMO_DIR)/eval/after_examples.jsonl --plot $(DEMO_DIR)/eval/accuracy.png
 
 bench: $(STAMP)
 	$(PY) bench/preprocess.py

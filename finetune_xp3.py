@@ -26,6 +26,7 @@ from megatron.checkpoint.layer_files import CheckpointReader
 from megatron.checkpoint.metadata import CheckpointMetadata
 from megatron.data.mtf_datasets import build_group
 from megatron.data.tokenizer import HFTokenizer
+from megatron.evaluation.examples import ExampleError, read_examples
 from megatron.models import get_model_spec
 from megatron.models.spec import ModelSpec
 from megatron.train.arguments import parse_config
@@ -39,9 +40,11 @@ from megatron.train.launch_plan import describe
 from megatron.train.load_plan import LoadPlan, plan_load, run_metadata
 from megatron.train.loop import NonFiniteLoss, Trainer, log
 from megatron.train.progress import TrainingProgress
+from megatron.train.task_eval import ZeroShotTasks
 
 
-def prepare(argv: list[str] | None) -> tuple[TrainConfig, ModelSpec, LoadPlan, CheckpointMetadata, HFTokenizer]:
+def prepare(argv: list[str] | None) -> tuple[TrainConfig, ModelSpec, LoadPlan, CheckpointMetadata, HFTokenizer,
+                                             ZeroShotTasks | None]:
     """Everything that can fail on flags or files, before any process group or model exists."""
     train = parse_config(argv)
     spec = get_model_spec()
@@ -51,7 +54,14 @@ def prepare(argv: list[str] | None) -> tuple[TrainConfig, ModelSpec, LoadPlan, C
         raise ConfigError(f"--tokenizer-name-or-path: {error}") from None
     plan = plan_load(train)
     meta = run_metadata(train, spec, plan, tokenizer.vocab_size, tokenizer.eod, tokenizer.pad)
-    return train, spec, plan, meta, tokenizer
+    tasks = None
+    if train.eval_tasks:
+        try:
+            tasks = ZeroShotTasks(read_examples(train.eval_tasks.path), tokenizer, train.data.seq_length,
+                                  train.eval_tasks.length_normalize)
+        except ExampleError as error:
+            raise ConfigError(f"--eval-tasks {error}") from None
+    return train, spec, plan, meta, tokenizer, tasks
 
 
 def start_distributed(train: TrainConfig) -> None:
@@ -66,7 +76,7 @@ def start_distributed(train: TrainConfig) -> None:
 
 
 def train_from(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, meta: CheckpointMetadata,
-               tokenizer: HFTokenizer, progress: TrainingProgress) -> int:
+               tokenizer: HFTokenizer, progress: TrainingProgress, tasks: ZeroShotTasks | None) -> int:
     """Build, load, train and save on the started process groups; the exit status."""
     config = meta.model
     module = build_module(train, spec, config)
@@ -91,7 +101,7 @@ def train_from(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, meta: Checkp
     valid_data = {group.name: build_group(group, packing, eval_samples, tokenizer.pad, train.data.cache_path)
                   for group in train.data.valid} if train.logging.eval_iters > 0 else {}
 
-    trainer = Trainer(train, engine, train_data, valid_data, progress, meta)
+    trainer = Trainer(train, engine, train_data, valid_data, progress, meta, tasks)
     try:
         trainer.run()
     except NonFiniteLoss as error:
@@ -103,7 +113,7 @@ def train_from(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, meta: Checkp
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        train, spec, plan, meta, tokenizer = prepare(argv)
+        train, spec, plan, meta, tokenizer, tasks = prepare(argv)
         if train.dry_run:
             print(describe(train, spec, plan, meta.model))
             return 0
@@ -114,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = plan.progress or TrainingProgress()
     heartbeat = Heartbeat(lambda: progress.iteration)
     try:
-        status = train_from(train, spec, plan, meta, tokenizer, progress)
+        status = train_from(train, spec, plan, meta, tokenizer, progress, tasks)
     except Exception as error:  # most often a collective that failed or timed out: say who is missing
         print(f"error: rank {heartbeat.rank} (host {heartbeat.host}) stopped at iteration {progress.iteration}: "
               f"{str(error).splitlines()[0] if str(error) else type(error).__name__}; {heartbeat.silent_ranks()}",

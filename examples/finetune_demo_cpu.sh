@@ -24,5 +24,6 @@ rm -rf "$DEMO_DIR/checkpoints/bloomz-tiny" "$DEMO_DIR/tensorboard"
     --lr 2e-3 --min-lr 1e-4 --lr-decay-style cosine --lr-warmup-iters 20 --clip-grad 1.0 \
     --hidden-dropout 0.0 --attention-dropout 0.0 --norm-target-loss --seed 42 \
     --log-interval 25 --eval-interval 100 --eval-iters 4 --save-interval 100 --num-workers 0 \
+    --eval-tasks "$DEMO_DIR/eval_tasks" --eval-tasks-interval 100 \
     --tensorboard-dir "$DEMO_DIR/tensorboard" \
     --deepspeed --deepspeed_config examples/ds_config_demo.json

@@ -3,6 +3,8 @@
 Rows are `{"inputs": prompt, "targets": answer, "task": ..., "language": ...}` from five tasks
 (copy, reverse, arithmetic, sentiment classification with label words, word-by-word translation
 through a built-in dictionary) rendered in nine languages and six scripts, and xP3-like pair lengths for packing experiments.
+Four of the tasks also come as multiple-choice examples (the true answer among distractors) for
+zero-shot evaluation.
 Everything is deterministic in the seed, so no data is ever downloaded.
 """
 
@@ -101,10 +103,11 @@ def _word_count(rng: random.Random, median: float) -> int:
     return max(1, min(int(rng.lognormvariate(0.0, 0.8) * median), 40 * int(median) + 1))
 
 
-def make_row(rng: random.Random, median_words: float = 6.0) -> dict[str, str]:
-    """One random (inputs, targets) pair."""
-    task = rng.choice(TASKS)
-    lang = rng.choice(LANGUAGES)
+def make_row(rng: random.Random, median_words: float = 6.0, task: str | None = None,
+             lang: str | None = None) -> dict[str, str]:
+    """One random (inputs, targets) pair (of `task` in `lang` when given)."""
+    task = task or rng.choice(TASKS)
+    lang = lang or rng.choice(LANGUAGES)
     prompt = PROMPTS[task][lang]
     words = _WORDS[lang]
     if task in ("copy", "reverse"):
@@ -127,6 +130,47 @@ def make_row(rng: random.Random, median_words: float = 6.0) -> dict[str, str]:
         src=LANGUAGE_NAMES[src], dst=LANGUAGE_NAMES[lang], x=_join(src, [_WORDS[src][c] for c in concepts])
     )
     return _row(text, _join(lang, [_WORDS[lang][c] for c in concepts]), task, lang)
+
+
+# The multiple-choice versions of the tasks (zero-shot evaluation of the demo): the true answer
+# among distractors, under two prompts: the task's own, and the same followed by "Answer:".
+CHOICE_TASKS = ("sentiment", "arithmetic", "translate", "copy")
+CHOICE_PROMPTS = {"as_trained": "{}", "answer_cue": "{}\nAnswer:"}
+
+
+def _distractors(rng: random.Random, row: dict[str, str], count: int) -> list[str]:
+    """`count` wrong answers, distinct from the true one and from each other."""
+    lang, answer = row["language"], row["targets"]
+    if row["task"] == "sentiment":
+        *_, yes, no = SENTIMENT[lang]
+        return [no if answer == yes else yes]
+    wrong: list[str] = []
+    while len(wrong) < count:
+        if row["task"] == "arithmetic":
+            candidate = str(max(0, int(answer) + rng.choice([-10, -2, -1, 1, 2, 10])))
+        else:
+            words = answer.split(_SEPARATOR.get(lang, " "))
+            words[rng.randrange(len(words))] = rng.choice(_WORDS[lang])
+            candidate = _join(lang, words)
+        if candidate != answer and candidate not in wrong:
+            wrong.append(candidate)
+    return wrong
+
+
+def generate_choice_examples(per_task_and_language: int, seed: int = 0) -> Iterator[dict]:
+    """Multiple-choice examples (the format `tools/evaluate.py` reads) of every choice task in
+    every language, each under both prompts; datasets are named `demo_<task>`."""
+    rng = random.Random(seed)
+    for task in CHOICE_TASKS:
+        for lang in LANGUAGES:
+            for i in range(per_task_and_language):
+                row = make_row(rng, 2.0, task, lang)
+                choices = [row["targets"], *_distractors(rng, row, 3 if task == "arithmetic" else 2)]
+                rng.shuffle(choices)
+                for prompt, template in CHOICE_PROMPTS.items():
+                    yield {"id": f"demo_{task}/{lang}/{i}/{prompt}", "dataset": f"demo_{task}", "language": lang,
+                           "prompt": prompt, "inputs": template.format(row["inputs"]), "choices": choices,
+                           "label": choices.index(row["targets"])}
 
 
 def _row(inputs: str, targets: str, task: str, language: str) -> dict[str, str]:

@@ -14,6 +14,7 @@ label is a target token of the same pair, its end token included), `segment_ids`
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -149,28 +150,33 @@ class PackedDataset:
         return self.index.pairs[self.index.offsets[row] : self.index.offsets[row + 1]]
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        capacity = self.config.capacity
-        row = np.full(capacity, self.pad_id, np.int64)
-        segments = np.zeros(capacity, np.int32)
-        is_inputs = np.zeros(capacity, bool)
-        is_target = np.zeros(capacity, bool)
-        position = 0
-        for segment, pair in enumerate(self.row_pairs(i), start=1):
-            inputs = self.pairs.inputs(pair, int(self.index.input_lengths[pair]))
-            targets = self.pairs.targets(pair)
-            end_inputs = position + len(inputs)
-            end = end_inputs + len(targets)
-            row[position:end_inputs] = inputs
-            row[end_inputs:end] = targets
-            segments[position:end] = segment
-            is_inputs[position:end_inputs] = True
-            is_target[end_inputs:end] = True
-            position = end
-        same_segment = segments[1:] == segments[:-1]
-        return {
-            "tokens": row[:-1],
-            "labels": row[1:],
-            "loss_mask": (is_target[1:] & same_segment).astype(np.float32),
-            "segment_ids": segments[:-1],
-            "is_inputs": is_inputs[:-1],
-        }
+        pieces = ((self.pairs.inputs(pair, int(self.index.input_lengths[pair])), self.pairs.targets(pair))
+                  for pair in self.row_pairs(i))
+        return packed_row(pieces, self.config.capacity, self.pad_id)
+
+
+def packed_row(pairs: Iterable[tuple[np.ndarray, np.ndarray]], capacity: int, pad_id: int) -> dict[str, np.ndarray]:
+    """One row of `capacity` tokens holding `pairs` (inputs, targets) in order, padded with
+    `pad_id`: the sample's five arrays of `seq_length = capacity - 1` (module docstring)."""
+    row = np.full(capacity, pad_id, np.int64)
+    segments = np.zeros(capacity, np.int32)
+    is_inputs = np.zeros(capacity, bool)
+    is_target = np.zeros(capacity, bool)
+    position = 0
+    for segment, (inputs, targets) in enumerate(pairs, start=1):
+        end_inputs = position + len(inputs)
+        end = end_inputs + len(targets)
+        row[position:end_inputs] = inputs
+        row[end_inputs:end] = targets
+        segments[position:end] = segment
+        is_inputs[position:end_inputs] = True
+        is_target[end_inputs:end] = True
+        position = end
+    same_segment = segments[1:] == segments[:-1]
+    return {
+        "tokens": row[:-1],
+        "labels": row[1:],
+        "loss_mask": (is_target[1:] & same_segment).astype(np.float32),
+        "segment_ids": segments[:-1],
+        "is_inputs": is_inputs[:-1],
+    }

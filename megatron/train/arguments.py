@@ -15,8 +15,8 @@ import torch
 
 from megatron.data.data_config import add_data_args, data_config_from_args
 from megatron.train import validation
-from megatron.train.config import (BatchConfig, CheckpointConfig, LoggingConfig, ModelConfig, OptimizerConfig,
-                                   ParallelConfig, TrainConfig)
+from megatron.train.config import (BatchConfig, CheckpointConfig, EvalTasksConfig, LoggingConfig, ModelConfig,
+                                   OptimizerConfig, ParallelConfig, TrainConfig)
 from megatron.train.deepspeed_config import read_deepspeed_json
 from megatron.train.errors import ConfigError
 
@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     logging.add_argument("--log-interval", type=int, default=100)
     logging.add_argument("--eval-interval", type=int, default=1000)
     logging.add_argument("--eval-iters", type=int, default=100)
+    logging.add_argument("--eval-tasks", default=None, metavar="FILE_OR_DIR",
+                         help="zero-shot multiple-choice examples (tools/make_eval_prompts.py) scored by rank "
+                              "classification on the live model; accuracies to the log and TensorBoard")
+    logging.add_argument("--eval-tasks-interval", type=int, default=None,
+                         help="iterations between --eval-tasks evaluations (default: --eval-interval)")
+    logging.add_argument("--eval-tasks-length-normalize", action="store_true",
+                         help="score a choice by its mean token log-probability, not the sum")
     logging.add_argument("--tensorboard-dir", default=None)
     logging.add_argument("--exit-interval", type=int, default=None, help="stop after this iteration")
     logging.add_argument("--exit-duration-in-mins", type=float, default=None)
@@ -233,6 +240,9 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
         deepspeed_config=args.deepspeed_config,
         deepspeed_json=deepspeed_json,
         dry_run=args.dry_run,
+        eval_tasks=None if args.eval_tasks is None else EvalTasksConfig(
+            path=args.eval_tasks, interval=args.eval_tasks_interval or args.eval_interval,
+            length_normalize=args.eval_tasks_length_normalize),
     )
     validation.validate(train)
     return train

@@ -106,6 +106,16 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class EvalTasksConfig:
+    """Zero-shot evaluation during training (`--eval-tasks`): the multiple-choice examples' file
+    or folder, how often, and the scoring rule."""
+
+    path: str
+    interval: int
+    length_normalize: bool
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig
     parallel: ParallelConfig
@@ -121,6 +131,7 @@ class TrainConfig:
     deepspeed_config: str | None  # the JSON's path, for messages
     deepspeed_json: dict  # its content, read once (empty without --deepspeed_config)
     dry_run: bool
+    eval_tasks: EvalTasksConfig | None = None
 
     @property
     def train_iters(self) -> int:

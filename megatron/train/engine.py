@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import deepspeed
+import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
@@ -23,17 +24,21 @@ from megatron.train.config import OptimizerConfig, TrainConfig
 from megatron.train.data_iterators import pipeline_micro_batch
 from megatron.train.deepspeed_config import deepspeed_config
 from megatron.train.distributed import DeepSpeedMPU, collective_device
+from megatron.train.task_eval import ZeroShotTasks, score_pairs
 
 
 class ModelWithLoss(nn.Module):
-    """The whole model with its loss as `forward`, for DeepSpeed's plain engine."""
+    """The whole model with its loss as `forward`, for DeepSpeed's plain engine; with `score`,
+    each label's log-probability under the loss mask instead (zero-shot evaluation)."""
 
     def __init__(self, model: nn.Module, norm_target_loss: bool):
         super().__init__()
         self.model = model
         self.norm_target_loss = norm_target_loss
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, batch: dict[str, torch.Tensor], score: bool = False) -> torch.Tensor:
+        if score:
+            return self.model.target_log_probs(batch)
         return self.model.loss(batch, self.norm_target_loss)
 
 
@@ -120,6 +125,10 @@ class TrainingEngine:
         for _ in range(self.train.batch.gradient_accumulation):
             total += self.engine(self._to_device(next(batches))).float().cpu()
         return float(self._data_parallel_mean(total / self.train.batch.gradient_accumulation))
+
+    def score(self, tasks: ZeroShotTasks) -> np.ndarray:
+        """Every (inputs, choice) pair's summed log-probability, on every rank."""
+        return score_pairs(self.engine, tasks.rows, self.train.batch.micro)
 
     def grad_norm(self) -> float | None:
         norm = self.engine.get_global_grad_norm()

@@ -1,6 +1,7 @@
 """The train loop: one global batch per iteration, the LR set before each step, the log line and
-TensorBoard scalars every `--log-interval`, validation per named group before the first step of a
-fresh run and every `--eval-interval`,
+TensorBoard scalars every `--log-interval`, validation per named group (and the zero-shot
+`--eval-tasks`) before the first step of a fresh run, every `--eval-interval` (`--eval-tasks-interval`)
+and after the last step,
 checkpoints every `--save-interval`, and the exit conditions (`--exit-interval`,
 `--exit-duration-in-mins`, `--kill-switch-path`, SIGTERM/SIGUSR1 with `--exit-signal-handler`, a
 non-finite loss). Stop conditions are agreed by all ranks in one all-reduce per iteration."""
@@ -26,6 +27,7 @@ from megatron.train.engine import TrainingEngine
 from megatron.train.lr_schedule import LRSchedule
 from megatron.train.metrics import TensorBoard, memory_gib, peak_tflops
 from megatron.train.progress import TrainingProgress
+from megatron.train.task_eval import ZeroShotTasks
 
 
 class NonFiniteLoss(RuntimeError):
@@ -57,11 +59,12 @@ class Window:
 
 class Trainer:
     def __init__(self, train: TrainConfig, engine: TrainingEngine, train_data, valid_data: dict,
-                 progress: TrainingProgress, meta: CheckpointMetadata):
+                 progress: TrainingProgress, meta: CheckpointMetadata, tasks: ZeroShotTasks | None = None):
         self.train = train
         self.engine = engine
         self.train_data = train_data
         self.valid_data = valid_data
+        self.tasks = tasks
         self.progress = progress
         self.schedule = LRSchedule(train.optimizer, train.batch.global_batch)
         self.schedule.load_state_dict(progress.lr_schedule)
@@ -104,8 +107,8 @@ class Trainer:
         last_saved = progress.iteration or None  # a resumed run does not rewrite what it resumed from
         log(f"training from iteration {progress.iteration} to {train.train_iters} "
             f"(consumed samples {progress.consumed_samples}); model FLOPs: {self.engine.spec.flops_formula}")
-        if self.valid_data and progress.iteration == 0:
-            self.evaluate()  # the starting point: the loaded model's (or random init's) loss
+        if progress.iteration == 0:  # the starting point: the loaded model's (or random init's)
+            self._evaluations("start")
         while progress.iteration < train.train_iters:
             lr = self.schedule.apply(self.engine.optimizer)
             loss, applied = self.engine.train_step(counter)
@@ -131,8 +134,7 @@ class Trainer:
             if progress.iteration % train.logging.log_interval == 0:
                 self._log_line(window, lr)
                 window = Window(time.time())
-            if self.valid_data and progress.iteration % train.logging.eval_interval == 0:
-                self.evaluate()
+            self._evaluations("interval")
             exit_now = bool(stop_for_time or stop_for_switch or stop_for_signal) or (
                 train.logging.exit_interval and progress.iteration % train.logging.exit_interval == 0)
             interval = train.checkpoint.save_interval
@@ -144,8 +146,7 @@ class Trainer:
                           else "kill switch" if stop_for_switch else "exit interval")
                 log(f"exiting at iteration {progress.iteration}: {reason}")
                 return
-        if self.valid_data and progress.iteration % train.logging.eval_interval:
-            self.evaluate()
+        self._evaluations("end")
         if train.checkpoint.save and last_saved != progress.iteration:
             self.save()
 
@@ -153,6 +154,32 @@ class Trainer:
         self.progress.lr_schedule = self.schedule.state_dict()
         path = save_checkpoint(self.engine, self.train.checkpoint.save, self.progress, self.meta)
         log(f"saved checkpoint {path} at iteration {self.progress.iteration}")
+
+    def _evaluations(self, when: str) -> None:
+        """Validation and the zero-shot tasks at the `start`, at their `interval`, or at the `end`
+        (unless this last iteration was one of their intervals)."""
+        planned = [(self.train.logging.eval_interval, self.evaluate)] if self.valid_data else []
+        if self.tasks is not None:
+            planned.append((self.train.eval_tasks.interval, self.evaluate_tasks))
+        for interval, run in planned:
+            if when == "start" or (when == "interval") == (self.progress.iteration % interval == 0):
+                run()
+
+    def evaluate_tasks(self) -> dict:
+        """Zero-shot accuracies of the live model: the median over prompts per dataset and
+        language, each dataset's mean over languages, and their average."""
+        report = self.tasks.results(self.engine.score(self.tasks)).report
+        iteration = self.progress.iteration
+        scalars = {f"eval-tasks/{dataset}/{language}": value
+                   for dataset, languages in report["median_over_prompts"].items()
+                   for language, value in languages.items()}
+        scalars |= {f"eval-tasks/{dataset}": value for dataset, value in report["mean_over_languages"].items()}
+        scalars["eval-tasks/average"] = report["average"]
+        parts = " | ".join(f"{name.removeprefix('eval-tasks/')} {value:.4f}" for name, value in scalars.items())
+        log(f" zero-shot accuracy at iteration {iteration} ({report['examples']} examples, median over prompts) | "
+            f"{parts}")
+        self.tensorboard.scalars(scalars, iteration)
+        return report
 
     def evaluate(self) -> dict[str, float]:
         losses = {}

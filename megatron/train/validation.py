@@ -61,7 +61,10 @@ def validate(train: TrainConfig) -> None:
     if train.checkpoint.universal and par.zero_stage != 1:
         raise ConfigError(f"--universal-checkpoint loads into ZeRO-1's partitioned optimizer on the "
                           f"PipelineModule: use --zero-stage 1, not {par.zero_stage}")
-    for flag, value in (("--log-interval", train.logging.log_interval), ("--eval-interval", train.logging.eval_interval)):
+    intervals = [("--log-interval", train.logging.log_interval), ("--eval-interval", train.logging.eval_interval)]
+    if train.eval_tasks:
+        intervals.append(("--eval-tasks-interval", train.eval_tasks.interval))
+    for flag, value in intervals:
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1")
     if opt.warmup_samples > opt.decay_samples:

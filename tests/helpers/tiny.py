@@ -29,11 +29,12 @@ def sharpen_attention(model: torch.nn.Module) -> None:
                 p.mul_(QKV_SCALE)
 
 
-def make_hf_model(folder: str, num_heads: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> BloomForCausalLM:
-    """A random 2-layer HF BLOOM of `num_heads` heads (head size 8) over `VOCAB` tokens, saved in
+def make_hf_model(folder: str, num_heads: int, seed: int = 0, dtype: torch.dtype = torch.float32,
+                  vocab: int = VOCAB) -> BloomForCausalLM:
+    """A random 2-layer HF BLOOM of `num_heads` heads (head size 8) over `vocab` tokens, saved in
     `dtype`, with content-dependent attention (`sharpen_attention`)."""
     torch.manual_seed(seed)
-    config = BloomConfig(vocab_size=VOCAB, hidden_size=8 * num_heads, n_layer=2, n_head=num_heads,
+    config = BloomConfig(vocab_size=vocab, hidden_size=8 * num_heads, n_layer=2, n_head=num_heads,
                          hidden_dropout=0.0, attention_dropout=0.0, attn_implementation="eager")
     model = BloomForCausalLM(config).eval()
     with torch.no_grad():  # LayerNorms and biases away from their 1/0 init, so they are tested too

@@ -1,7 +1,7 @@
 """finetune_xp3.py end to end on CPU (gloo, torchrun): every parallel layout gives the
 single-process loss curve, an interrupted run resumes onto the uninterrupted curve at several
-layouts, the learning rate follows Megatron's schedule, a tiny model learns the demo tasks, and bad
-settings stop before any work."""
+layouts, the learning rate follows Megatron's schedule, and bad settings stop before any work
+(a tiny model learning a task: `test_eval_tasks.py`)."""
 
 from __future__ import annotations
 
@@ -174,29 +174,6 @@ def test_interrupted_run_resumes_onto_the_same_curve(demo_dir, demo_data, tmp_pa
         finetune(nprocs, [*common, "--save", tmp_path / "no_rng", "--no-load-rng", "--train-iters", "5",
                           "--tensorboard-dir", tmp_path / "tb_no_rng"])
         assert scalars(tmp_path / "tb_no_rng", "lm loss")[5] != whole[5]
-
-
-@pytest.mark.multiprocess
-@pytest.mark.slow
-def test_tiny_model_learns_the_demo_tasks(demo_dir, demo_data, tmp_path):
-    """TP=2 from random init: the validation loss on held-out pairs falls far below its start,
-    and the saved checkpoint converts to a HF model."""
-    result = finetune(2, [*tiny_model_args(demo_dir, demo_data, seq_length=128),
-                          "--tensor-model-parallel-size", "2", "--num-layers", "2", "--hidden-size", "64",
-                          "--num-attention-heads", "4", "--micro-batch-size", "4", "--global-batch-size", "16",
-                          "--train-iters", "120", "--lr", "3e-3", "--lr-warmup-iters", "5",
-                          "--hidden-dropout", "0", "--attention-dropout", "0", "--norm-target-loss",
-                          "--eval-interval", "120", "--eval-iters", "2", "--log-interval", "10",
-                          "--save", tmp_path / "run", "--tensorboard-dir", tmp_path / "tb"])
-    valid = scalars(tmp_path / "tb", "lm-loss-validation/valid")
-    assert valid[120] < 0.5 * valid[0], valid
-    line = next(line for line in result.stdout.splitlines() if " iteration      120/" in line)
-    for field in ("consumed samples", "consumed tokens", "lm loss", "learning rate", "grad norm",
-                  "skipped iterations", "tokens/s", "target tokens/s", "TFLOPs/device", "MFU", "memory"):
-        assert field in line
-    run_tool("convert_checkpoint/megatron_to_hf.py", "--checkpoint-dir", tmp_path / "run",
-             "--output-dir", tmp_path / "hf", "--tokenizer-dir", demo_dir / "tokenizer")
-    assert BloomForCausalLM.from_pretrained(tmp_path / "hf").config.n_layer == 2
 
 
 @pytest.mark.multiprocess

@@ -12,7 +12,7 @@ from megatron.models.bloom.config import BloomModelConfig
 from megatron.models.bloom.layers import BloomBlock, WordEmbeddings, final_layernorm
 from megatron.models.bloom.state_dict_adapter import EMBEDDING_LAYER, block_layer
 from megatron.models.common.lm_head import lm_logits
-from megatron.models.common.loss import head_and_loss
+from megatron.models.common.loss import head_and_loss, target_log_probs
 from megatron.models.common.recompute import checkpoint
 from megatron.models.common.tp_random import layer_seed, seeded
 
@@ -60,3 +60,8 @@ class BloomModel(nn.Module):
         hidden = self.final_hidden(batch["tokens"], batch["segment_ids"], batch.get("is_inputs"))
         return head_and_loss(hidden, self.word_embeddings.weight, batch["labels"], batch["loss_mask"],
                              batch["segment_ids"], norm_target_loss, self.config.lm_head_loss)
+
+    def target_log_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each label's log-probability under the loss mask (`loss.target_log_probs`)."""
+        hidden = self.final_hidden(batch["tokens"], batch["segment_ids"], batch.get("is_inputs"))
+        return target_log_probs(hidden, self.word_embeddings.weight, batch["labels"], batch["loss_mask"])

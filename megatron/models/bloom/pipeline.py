@@ -28,7 +28,7 @@ from megatron.models.bloom.config import BloomModelConfig
 from megatron.models.bloom.layers import BloomBlock, WordEmbeddings
 from megatron.models.bloom.state_dict_adapter import (EMBEDDING_LAYER, FIRST_BLOCK_LAYER, final_norm_layer,
                                                      layer_parameters, layer_shapes, tp_split_dim)
-from megatron.models.common.loss import head_and_loss
+from megatron.models.common.loss import head_and_loss, target_log_probs
 from megatron.models.common.recompute import checkpoint
 from megatron.models.common.tp_random import layer_seed, seeded
 
@@ -112,23 +112,34 @@ def bloom_layer_specs(config: BloomModelConfig, parallel: ModelParallelConfig, i
     ]
 
 
+class PipelineLoss:
+    """The last stage's loss function: the packed loss of a micro-batch, or, while `scoring` is
+    set (zero-shot evaluation), each label's log-probability under the loss mask, `[micro, seq]`."""
+
+    def __init__(self, config: BloomModelConfig, norm_target_loss: bool):
+        self.config = config
+        self.norm_target_loss = norm_target_loss
+        self.scoring = False
+
+    def __call__(self, outputs, labels) -> torch.Tensor:
+        targets, loss_mask, segment_ids = labels
+        hidden, head_weight = outputs
+        if self.scoring:
+            return target_log_probs(hidden, head_weight, targets, loss_mask)
+        return head_and_loss(hidden, head_weight, targets, loss_mask, segment_ids, self.norm_target_loss,
+                             self.config.lm_head_loss)
+
+
 def bloom_pipeline(config: BloomModelConfig, parallel: ModelParallelConfig, data_parallel_size: int,
                    partition_method: str, checkpoint_activations: bool, norm_target_loss: bool,
                    init_seed: int | None = None) -> PipelineModule:
     """The whole BLOOM as a `PipelineModule` over megatron-core's groups. Micro-batches are
     `((tokens, segment_ids, is_inputs), (labels, loss_mask, segment_ids))`."""
-
-    def loss_fn(outputs, labels):
-        targets, loss_mask, segment_ids = labels
-        hidden, head_weight = outputs
-        return head_and_loss(hidden, head_weight, targets, loss_mask, segment_ids, norm_target_loss,
-                             config.lm_head_loss)
-
     topology = PipeModelDataParallelTopology(num_pp=parallel.pipeline_model_parallel_size,
                                              num_mp=parallel.tensor_model_parallel_size, num_dp=data_parallel_size)
     return PipelineModule(
-        layers=bloom_layer_specs(config, parallel, init_seed), topology=topology, loss_fn=loss_fn,
-        partition_method=partition_method,
+        layers=bloom_layer_specs(config, parallel, init_seed), topology=topology,
+        loss_fn=PipelineLoss(config, norm_target_loss), partition_method=partition_method,
         activation_checkpoint_interval=1 if checkpoint_activations else 0,
         activation_checkpoint_func=checkpoint, checkpointable_layers=[TransformerBlockPipe.__name__],
     )

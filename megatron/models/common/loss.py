@@ -2,6 +2,9 @@
 normalisation, the vocabulary-parallel cross entropy through the full logits, and the dispatch
 between that reference path and the chunked LM head + loss kernel (`kernels/lm_head_loss.py`).
 
+`target_log_probs` gives the same cross entropy's other use: the log-probability of each target
+token (what zero-shot evaluation sums per answer choice), through the logits of those tokens only.
+
 `loss_weights(loss_mask, segment_ids, norm_target_loss)` gives weights whose dot product with the
 per-token losses is the loss: the token mean over the micro-batch (default) or, with
 `--norm-target-loss`, each target's mean over its tokens, then the mean over the targets.
@@ -52,3 +55,15 @@ def head_and_loss(hidden: torch.Tensor, embedding_weight: torch.Tensor, labels: 
         return lm_head_loss(hidden, embedding_weight, labels.to(hidden.device), weights)
     return packed_loss(lm_logits(hidden, embedding_weight, gather=False), labels, loss_mask, segment_ids,
                        norm_target_loss)
+
+
+def target_log_probs(hidden: torch.Tensor, embedding_weight: torch.Tensor, labels: torch.Tensor,
+                     loss_mask: torch.Tensor) -> torch.Tensor:
+    """`[batch, seq]` fp32: each label's log-probability where `loss_mask` is set, 0 elsewhere;
+    the LM head is applied to those positions only."""
+    mask = loss_mask.to(hidden.device) > 0
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
+    if mask.any():
+        logits = lm_logits(hidden[mask], embedding_weight, gather=False)
+        out[mask] = -token_losses(logits, labels.to(hidden.device)[mask])
+    return out

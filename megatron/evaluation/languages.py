@@ -1,0 +1,29 @@
+"""The natural languages of BLOOM's pretraining corpus (ROOTS, as listed in the BLOOM paper), by
+ISO 639 code: an evaluation language is "seen" if BLOOM pretrained on it, else "unseen" (the
+BLOOMZ paper's split: XNLI's bg, de, el, ru, th, tr, XCOPA's et, ht, it, qu, th, tr, XStoryCloze's
+my, ru and XWinograd's ja, ru are unseen). Codes are matched case-insensitively on their first part
+(`zh-cn` is `zh`); `jp`, as XWinograd names Japanese, is `ja`."""
+
+from __future__ import annotations
+
+BLOOM_LANGUAGES = {
+    "ak": "Akan", "ar": "Arabic", "as": "Assamese", "bm": "Bambara", "bn": "Bengali", "ca": "Catalan",
+    "en": "English", "es": "Spanish", "eu": "Basque", "fon": "Fon", "fr": "French", "gu": "Gujarati",
+    "hi": "Hindi", "id": "Indonesian", "ig": "Igbo", "ki": "Kikuyu", "kn": "Kannada", "lg": "Luganda",
+    "ln": "Lingala", "ml": "Malayalam", "mr": "Marathi", "ne": "Nepali", "nso": "Northern Sotho",
+    "ny": "Chichewa", "or": "Odia", "pa": "Punjabi", "pt": "Portuguese", "rn": "Kirundi",
+    "rw": "Kinyarwanda", "sn": "Shona", "st": "Sesotho", "sw": "Swahili", "ta": "Tamil", "te": "Telugu",
+    "tn": "Setswana", "ts": "Xitsonga", "tum": "Tumbuka", "tw": "Twi", "ur": "Urdu", "vi": "Vietnamese",
+    "wo": "Wolof", "xh": "isiXhosa", "yo": "Yoruba", "zh": "Chinese", "zu": "isiZulu",
+}
+ALIASES = {"jp": "ja"}
+
+
+def base_code(language: str) -> str:
+    code = language.lower().replace("_", "-").split("-")[0]
+    return ALIASES.get(code, code)
+
+
+def pretraining_group(language: str) -> str:
+    """'seen' or 'unseen' in BLOOM's pretraining."""
+    return "seen" if base_code(language) in BLOOM_LANGUAGES else "unseen"
