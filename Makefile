@@ -15,7 +15,7 @@ export DS_ACCELERATOR ?= cpu
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench gpu-wheelhouse clean
 
 install: $(STAMP)
 
@@ -58,6 +58,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/preprocess.py
+
+# The wheels the GPU machine of bench/gpu_check.sh lacks (Python 3.12, no registry there).
+gpu-wheelhouse: $(STAMP)
+	$(PY) bench/gpu_wheelhouse.py --output-dir .gpu_wheelhouse
 
 clean:
 	rm -rf build $(DEMO_DIR) .pytest_cache megatron/data/_cpp*.so

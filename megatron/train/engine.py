@@ -130,6 +130,19 @@ class TrainingEngine:
         """Every (inputs, choice) pair's summed log-probability, on every rank."""
         return score_pairs(self.engine, tasks.rows, self.train.batch.micro)
 
+    def loss_scale(self) -> tuple[float, float | None] | None:
+        """With fp16: DeepSpeed's current loss scale and the minimum its dynamic scaler may reach
+        (None for a static scale); None in bf16 and fp32. ZeRO's optimizers keep them in their
+        `loss_scaler`, the ZeRO-0 FP16 optimizer in its `loss_scale_config`."""
+        if self.train.precision != "fp16":
+            return None
+        optimizer = self.engine.optimizer
+        scaler = getattr(optimizer, "loss_scaler", None)
+        if scaler is not None:
+            return float(scaler.cur_scale), getattr(scaler, "min_scale", None)
+        config = optimizer.loss_scale_config
+        return float(config.cur_scale), config.min_loss_scale if config.dynamic_loss_scale else None
+
     def grad_norm(self) -> float | None:
         norm = self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)

@@ -1,5 +1,6 @@
 """The train loop: one global batch per iteration, the LR set before each step, the log line and
-TensorBoard scalars every `--log-interval`, validation per named group (and the zero-shot
+TensorBoard scalars every `--log-interval` (with fp16, DeepSpeed's loss scale, and a warning while
+it sits at its minimum), validation per named group (and the zero-shot
 `--eval-tasks`) before the first step of a fresh run, every `--eval-interval` (`--eval-tasks-interval`)
 and after the last step,
 checkpoints every `--save-interval`, and the exit conditions (`--exit-interval`,
@@ -213,6 +214,7 @@ class Trainer:
         mfu = tflops / peak if peak else None
         loss = window.losses / window.finite if window.finite else float("nan")
         grad_norm = self.engine.grad_norm()
+        loss_scale = self.engine.loss_scale()
         memory_kind, memory = memory_gib()
         values = {
             "lm loss": loss, "learning-rate": lr, "grad-norm": grad_norm, "batch-size": train.batch.global_batch,
@@ -221,15 +223,22 @@ class Trainer:
             f"memory-{memory_kind}-gib": memory, "skipped-iterations": progress.skipped_iterations,
             "consumed-samples": progress.consumed_samples,
         }
+        if loss_scale is not None:
+            values["loss-scale"] = loss_scale[0]
         log(f" iteration {progress.iteration:8d}/{train.train_iters:8d} | consumed samples {progress.consumed_samples:12d}"
             f" | consumed tokens {progress.consumed_tokens:14d} | elapsed time per iteration (ms): "
             f"{1000 * elapsed / window.iterations:.1f} | learning rate {lr:.3E} | global batch size "
-            f"{train.batch.global_batch:5d} | lm loss {loss:.6E} | grad norm "
+            f"{train.batch.global_batch:5d} | lm loss {loss:.6E}"
+            f"{'' if loss_scale is None else f' | loss scale {loss_scale[0]:.1f}'} | grad norm "
             f"{'n/a' if grad_norm is None else f'{grad_norm:.3f}'} | skipped iterations {progress.skipped_iterations}"
             f" | tokens/s {tokens_per_s:.1f} | target tokens/s {window.target_tokens / elapsed:.1f}"
             f" | TFLOPs/device {tflops:.3f} | MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'}"
             f" | memory ({memory_kind}) {memory:.2f} GiB")
         self.tensorboard.scalars(values, progress.iteration)
+        if loss_scale is not None and loss_scale[0] == loss_scale[1]:
+            log(f"warning: iteration {progress.iteration}: the fp16 loss scale is at DeepSpeed's minimum "
+                f"({loss_scale[1]:g}, fp16.min_loss_scale): gradients overflow even unscaled, and DeepSpeed stops "
+                "the run at the next overflow. Lower --lr, check the data, or train in --bf16")
 
     def _out_of_time(self) -> bool:
         minutes = self.train.logging.exit_duration_minutes

@@ -45,6 +45,8 @@ def validate(train: TrainConfig) -> None:
     if model.attention_backend == "flex" and model.attention_dropout:
         raise ConfigError(f"--attention-backend flex has no attention dropout: pass --attention-dropout 0 "
                           f"(not {model.attention_dropout}) or --attention-backend reference")
+    if train.precision == "fp16" and not torch.cuda.is_available() and not train.dry_run:
+        raise ConfigError("--fp16 needs a GPU (DeepSpeed has no fp16 on CPU): pass --bf16 or neither")
     if model.attention_backend == "triton" and not train.dry_run:
         _check_triton()
     if train.checkpoint.load is None and None in (model.num_layers, model.hidden_size, model.num_heads):

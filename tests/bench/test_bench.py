@@ -1,38 +1,67 @@
-"""The step benchmarks run end to end on what is here (CPU smoke runs: nothing is timed or
-compared, only that every version and section reports), so they are ready for a GPU."""
+"""The prepared GPU check, proved on CPU before any GPU runs it: `bench/gpu_check.sh --rehearse`
+runs every step end to end with tiny shapes (the GPU-marked tests, skipped here; a finetune; the
+step benchmark with each version and section; the LM head benchmark with both methods) and writes
+its report; `make gpu-wheelhouse`'s builder collects the wheels the GPU machine lacks (from the
+package registry), under the size the `device` tool carries, with their manifest."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import pytest
 from helpers.paths import REPO
-from helpers.distributed import free_port
-
-
-def _bench(script: str, *args: str) -> str:
-    result = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], capture_output=True, text=True,
-                            cwd=REPO, env={**os.environ, "MASTER_PORT": str(free_port())})
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 @pytest.mark.slow
-def test_train_step_benchmark_reports_every_version():
-    out = _bench("train_step.py", "--model", "tiny", "--steps", "1", "--dtype", "fp32", "--seq-length", "128",
-                 "--attention-seq-lengths", "64", "--attention-heads", "2")
+@pytest.mark.multiprocess
+def test_the_gpu_check_rehearses_every_step_and_writes_its_report(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "GPU_CHECK_WORK": str(tmp_path / "work"),
+           "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))}
+    result = subprocess.run(["bash", "bench/gpu_check.sh", "--rehearse"], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    out = tmp_path / "out"
+    report = json.loads((out / "gpu_report.json").read_text())
+    steps = report["steps"]
+    assert list(steps) == ["gpu_tests", "finetune_bf16", "finetune_fp16", "train_step", "lm_head"]
+    assert all(steps[name]["status"] == "ok" for name in ("gpu_tests", "finetune_bf16", "train_step", "lm_head"))
+    assert steps["finetune_fp16"]["status"].startswith("skipped: DeepSpeed has no fp16 on CPU")
+    assert steps["gpu_tests"]["skipped"] >= 14 and steps["gpu_tests"].get("failed", 0) == 0  # collected, skipped here
+    run = steps["finetune_bf16"]
+    assert run["log_lines"] == 3 and all(loss is not None for loss in run["losses"])
+    assert run["tokens/s"] > 0 and run["target tokens/s"] > 0 and run["memory GiB"] > 0
+    train_step = (out / "train_step.txt").read_text()
     for line in ("(a) ours, fused ", "(b) ours, reference path ", "(c) transformers, padded ",
                  "reference ms", "triton ms", "triton speed-up",
                  "(a) ours, fused / (c) transformers, padded: target tokens/s x",
                  "LM head + loss alone", "  chunked ", "  reference "):
-        assert line in out, (line, out)
+        assert line in train_step, (line, train_step)
+    lm_head = (out / "lm_head.txt").read_text()
+    for line in ("  chunked ", "  reference ", "chunked / reference: time "):
+        assert line in lm_head, (line, lm_head)
+    table = (out / "gpu_report.md").read_text()
+    assert "| finetune_bf16 | 7." in table and "| train_step | ok |" in table
+    assert table in result.stdout  # printed at the end
 
 
 @pytest.mark.slow
-def test_lm_head_benchmark_reports_both_methods_and_their_ratio():
-    out = _bench("lm_head.py", "--hidden-size", "64", "--vocab-size", "50000", "--rows", "1", "--seq-length", "512",
-                 "--dtype", "fp32", "--steps", "1")
-    for line in ("  chunked ", "  reference ", "chunked / reference: time "):
-        assert line in out, (line, out)
+def test_the_gpu_wheelhouse_holds_what_the_gpu_machine_lacks(tmp_path):
+    result = subprocess.run([sys.executable, "bench/gpu_wheelhouse.py", "--output-dir", tmp_path / "wheels"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "wheels" / "MANIFEST.json").read_text())
+    names = {entry["name"]: entry for entry in manifest["wheels"]}
+    assert {"deepspeed", "megatron-core", "transformers", "pydantic", "pydantic-core", "hjson"} <= set(names)
+    assert manifest["total_bytes"] < 60 * 2**20
+    assert names["deepspeed"]["file"].endswith("-py3-none-any.whl")
+    assert "-cp312-cp312-manylinux" in names["megatron-core"]["file"] and "-cp312-" in names["pydantic-core"]["file"]
+    for entry in manifest["wheels"]:
+        wheel = tmp_path / "wheels" / entry["file"]
+        assert wheel.stat().st_size == entry["bytes"]
+        with zipfile.ZipFile(wheel) as archive:  # a whole wheel
+            assert any(name.endswith(".dist-info/METADATA") for name in archive.namelist())

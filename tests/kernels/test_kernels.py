@@ -28,6 +28,8 @@ from megatron.train.distributed import initialize_parallel
 
 VOCAB, HIDDEN = 256, 32
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# the GPU variants: run by `pytest -m gpu` (bench/gpu_check.sh), skipped without CUDA
+ON_GPU = [pytest.mark.gpu, pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")]
 
 
 def _lm_head_case(seed: int = 0):
@@ -40,11 +42,12 @@ def _lm_head_case(seed: int = 0):
     return hidden, weight, labels, segment_ids, loss_mask
 
 
-def _lm_head_gradients(fused: bool, norm_target_loss: bool) -> tuple[torch.Tensor, ...]:
+def _lm_head_gradients(fused: bool, norm_target_loss: bool, device: str = "cpu",
+                       dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
     tp, rank = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()
-    hidden, weight, labels, segment_ids, loss_mask = _lm_head_case()
-    hidden.requires_grad_()
-    weight = weight.chunk(tp)[rank].clone().requires_grad_()
+    hidden, weight, labels, segment_ids, loss_mask = (t.to(device) for t in _lm_head_case())
+    hidden = hidden.to(dtype).requires_grad_()
+    weight = weight.chunk(tp)[rank].to(dtype).clone().requires_grad_()
     if fused:
         loss = lm_head_loss(hidden, weight, labels, loss_weights(loss_mask, segment_ids, norm_target_loss),
                             chunk_tokens=5)
@@ -54,11 +57,11 @@ def _lm_head_gradients(fused: bool, norm_target_loss: bool) -> tuple[torch.Tenso
     return loss.detach(), hidden.grad, weight.grad
 
 
-def _differences(tp: int) -> dict[str, float]:
+def _differences(tp: int, device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, float]:
     initialize_parallel(tp_size=tp)
     differences = {}
     for norm in (False, True):
-        fused, reference = _lm_head_gradients(True, norm), _lm_head_gradients(False, norm)
+        fused, reference = _lm_head_gradients(True, norm, device, dtype), _lm_head_gradients(False, norm, device, dtype)
         for name, a, b in zip(("loss", "hidden grad", "weight grad"), fused, reference):
             differences[f"{name} norm={norm}"] = float((a - b).abs().max() / b.abs().max())
     return differences
@@ -74,6 +77,13 @@ def test_chunked_lm_head_loss_matches_the_reference_at_tp1():
     with gloo_world(0, 1, free_port()):
         differences = _differences(1)
     assert max(differences.values()) < 1e-5, differences
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(torch.bfloat16, marks=ON_GPU, id="bf16")])
+def test_chunked_lm_head_loss_in_half_precision_on_a_gpu_matches_the_reference(dtype):
+    with gloo_world(0, 1, free_port()):
+        differences = _differences(1, "cuda", dtype)
+    assert max(differences.values()) < 2e-2, differences
 
 
 def test_chunked_lm_head_loss_scales_its_gradients_by_the_loss_scale_once():
@@ -114,8 +124,9 @@ def test_chunked_lm_head_loss_skips_tokens_without_weight_and_keeps_no_graph_in_
 
 
 # (dtype, tolerance): fp32 everywhere; the half precisions training uses where they run fast
-HALF = [(torch.bfloat16, 2e-2), (torch.float16, 5e-3)] if DEVICE == "cuda" else []
-PRECISIONS = [(torch.float32, 1e-5), *HALF]
+HALF = [pytest.param(torch.bfloat16, 2e-2, marks=ON_GPU, id="bf16"),
+        pytest.param(torch.float16, 5e-3, marks=ON_GPU, id="fp16")]
+PRECISIONS = [pytest.param(torch.float32, 1e-5, id="fp32"), *HALF]
 
 
 @pytest.mark.parametrize("dtype,tolerance", PRECISIONS)

@@ -81,6 +81,7 @@ def test_a_tiny_model_learns_and_climbs_from_chance_on_two_pipeline_stages(demo_
     for field in ("consumed samples", "consumed tokens", "lm loss", "learning rate", "grad norm",
                   "skipped iterations", "tokens/s", "target tokens/s", "TFLOPs/device", "MFU", "memory"):
         assert field in line
+    assert "loss scale" not in line  # fp16 only
     accuracy = scalars(tmp_path / "tb", "eval-tasks/translate/fr")
     assert sorted(accuracy) == [0, 50, 100, 120]  # before the first step, every 50, after the last
     assert accuracy[0] < 0.55  # chance is 1/3

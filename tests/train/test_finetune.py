@@ -176,6 +176,26 @@ def test_interrupted_run_resumes_onto_the_same_curve(demo_dir, demo_data, tmp_pa
         assert scalars(tmp_path / "tb_no_rng", "lm loss")[5] != whole[5]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (DeepSpeed has no fp16 on CPU)")
+def test_fp16_reports_deepspeeds_loss_scale_and_warns_at_its_minimum(demo_dir, demo_data, tmp_path):
+    """One GPU, fp16 on the pipeline engine: the log line and TensorBoard carry DeepSpeed's loss
+    scale (2^8 as configured); a run whose scale starts at its minimum says so at each log line."""
+    args = [*tiny_model_args(demo_dir, demo_data), *BASE, "--train-iters", "4", "--num-layers", "2",
+            "--hidden-size", "64", "--num-attention-heads", "4", "--eval-iters", "0", "--fp16",
+            "--deepspeed_config", tmp_path / "ds.json"]
+    for power, folder in ((8, "scaled"), (0, "at_minimum")):
+        (tmp_path / "ds.json").write_text(json.dumps({"fp16": {"enabled": True, "loss_scale": 0, "min_loss_scale": 1,
+                                                               "initial_scale_power": power, "hysteresis": 2}}))
+        result = finetune(1, [*args, "--tensorboard-dir", tmp_path / folder])
+        scale = scalars(tmp_path / folder, "loss-scale")
+        assert sorted(scale) == [1, 2, 3, 4] and scale[1] == 2.0 ** power
+        line = next(line for line in result.stdout.splitlines() if " iteration        1/" in line)
+        assert "| lm loss " in line and f" | loss scale {2.0 ** power:.1f} | grad norm " in line
+        warned = "the fp16 loss scale is at DeepSpeed's minimum (1, fp16.min_loss_scale)" in result.stdout
+        assert warned == (power == 0)
+
+
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_nonfinite_loss_stops_the_run_or_skips_its_step(demo_dir, demo_data, tmp_path):
@@ -193,8 +213,9 @@ def test_nonfinite_loss_stops_the_run_or_skips_its_step(demo_dir, demo_data, tmp
     assert scalars(tmp_path / "tb", "skipped-iterations")[3] == 2
 
 
-def _bloomz_script_flags(tmp_path: Path) -> list[str]:
-    """The flags of a BLOOMZ launch script (bigscience tr13f), as written there."""
+def _bloomz_script_flags(tmp_path: Path, dry_run: bool = True) -> list[str]:
+    """The flags of a BLOOMZ launch script (bigscience tr13f), as written there; planned here as a
+    dry run (a launch of them needs a GPU: --fp16)."""
     (tmp_path / "train.txt").write_text('"train: 1 0:1 data/xp3_en"')
     (tmp_path / "valid.txt").write_text('"valid_en: 1 0:1 data/xp3_en_valid" "valid_fr: 1 0:1 data/xp3_fr_valid"')
     (tmp_path / "ds_config.json").write_text(json.dumps({
@@ -219,7 +240,7 @@ def _bloomz_script_flags(tmp_path: Path) -> list[str]:
             "--dataloader-type single --data-impl mmap --pp-partition-method type:transformer|embedding "
             "--sync-tp-duplicated-parameters --universal-checkpoint --deepspeed "
             f"--deepspeed_config {tmp_path}/ds_config.json --zero-stage 1 "
-            "--deepspeed-activation-checkpointing").split()
+            "--deepspeed-activation-checkpointing").split() + (["--dry-run"] if dry_run else [])
 
 
 def test_bloomz_launch_script_flags_parse_as_written(tmp_path):
@@ -228,6 +249,12 @@ def test_bloomz_launch_script_flags_parse_as_written(tmp_path):
     assert config.precision == "fp16" and config.parallel.zero_stage == 1
     assert [group.name for group in config.data.valid] == ["valid_en", "valid_fr"]
     assert config.train_iters == 6348800 // 2048 and config.optimizer.beta2 == 0.95
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs fp16")
+def test_fp16_without_a_gpu_stops_at_the_flags(tmp_path):
+    with pytest.raises(ConfigError, match=r"--fp16 needs a GPU \(DeepSpeed has no fp16 on CPU\): pass --bf16"):
+        parse_config(_bloomz_script_flags(tmp_path, dry_run=False), world_size=64)
 
 
 @pytest.mark.parametrize("change, message", [
