@@ -157,14 +157,18 @@ def _distractors(rng: random.Random, row: dict[str, str], count: int) -> list[st
     return wrong
 
 
-def generate_choice_examples(per_task_and_language: int, seed: int = 0) -> Iterator[dict]:
+def generate_choice_examples(per_task_and_language: int, seed: int = 0,
+                             held_out_from: frozenset[str] = frozenset()) -> Iterator[dict]:
     """Multiple-choice examples (the format `tools/evaluate.py` reads) of every choice task in
-    every language, each under both prompts; datasets are named `demo_<task>`."""
+    every language, each under both prompts; datasets are named `demo_<task>`. An input found in
+    `held_out_from` (the training inputs) is drawn again, so the examples are held out."""
     rng = random.Random(seed)
     for task in CHOICE_TASKS:
         for lang in LANGUAGES:
             for i in range(per_task_and_language):
                 row = make_row(rng, 2.0, task, lang)
+                while row["inputs"] in held_out_from:
+                    row = make_row(rng, 2.0, task, lang)
                 choices = [row["targets"], *_distractors(rng, row, 3 if task == "arithmetic" else 2)]
                 rng.shuffle(choices)
                 for prompt, template in CHOICE_PROMPTS.items():

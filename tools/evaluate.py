@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--length-normalize", action="store_true",
                         help="score a choice by its mean token log-probability (default: the sum, t-zero's rule)")
     parser.add_argument("--seq-length", type=int, default=2048, help="tokens per packed row")
-    parser.add_argument("--micro-batch-size", type=int, default=4, help="rows per forward pass")
+    parser.add_argument("--micro-batch-size", type=int, default=4,
+                        help="packed rows per forward pass (with --hf-dir: pairs per forward pass)")
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument("--bf16", action="store_true")
     precision.add_argument("--fp16", action="store_true")
@@ -102,12 +103,11 @@ def hf_pair_scores(folder: str, encoded: EncodedChoices, micro: int, dtype: torc
             tokens[i, :len(sequence)] = torch.from_numpy(sequence)
             attention[i, :len(sequence)] = 1
         with torch.no_grad():
-            logits = model(input_ids=tokens.to(device), attention_mask=attention.to(device)).logits.float()
-        log_probs = torch.log_softmax(logits, dim=-1).cpu()
-        for i, p in enumerate(pairs):
+            logits = model(input_ids=tokens.to(device), attention_mask=attention.to(device)).logits
+        for i, p in enumerate(pairs):  # the log-softmax of the positions before the choice tokens only
             begin, end = len(encoded.inputs[p]), len(sequences[i])
-            targets = tokens[i, begin:end]
-            sums[p] = log_probs[i, begin - 1:end - 1].gather(1, targets[:, None]).double().sum().item()
+            log_probs = torch.log_softmax(logits[i, begin - 1:end - 1].float(), dim=-1).cpu()
+            sums[p] = log_probs.gather(1, tokens[i, begin:end, None]).double().sum().item()
     return sums
 
 
@@ -150,12 +150,24 @@ def checkpoint_pair_scores(args, tasks: ZeroShotTasks, vocab_size: int) -> np.nd
     return score_pairs(engine, tasks.rows, args.micro_batch_size, show_progress=dist.get_rank() == 0)
 
 
-def write_outputs(args, tasks: ZeroShotTasks, pair_scores: np.ndarray) -> None:
+def read_baseline(path: str | None) -> dict | None:
+    """Another run's --output-json, checked before any scoring."""
+    if path is None:
+        return None
+    try:
+        baseline = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"--baseline {path}: {error}") from None
+    if not isinstance(baseline, dict) or not isinstance(baseline.get("median_over_prompts"), dict):
+        raise ConfigError(f"--baseline {path}: not an --output-json of tools/evaluate.py (no median_over_prompts)")
+    return baseline
+
+
+def write_outputs(args, tasks: ZeroShotTasks, pair_scores: np.ndarray, baseline: dict | None) -> None:
     results = tasks.results(pair_scores)
     report = {"model": args.checkpoint_dir or args.hf_dir, "tasks": args.tasks,
               "scoring": "mean log-probability" if args.length_normalize else "summed log-probability",
               "seq_length": args.seq_length, "truncated_pairs": tasks.encoded.truncated_pairs, **results.report}
-    baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
     print(format_table(report, baseline))
     print(f"average over datasets: {report['average']:.4f} ({report['examples']} examples, "
           f"{tasks.encoded.num_pairs} choices in {len(tasks.rows)} rows; {report['scoring']})")
@@ -175,7 +187,13 @@ def write_outputs(args, tasks: ZeroShotTasks, pair_scores: np.ndarray) -> None:
     if args.plot:
         from megatron.evaluation.plot import plot_accuracy
 
-        plot_accuracy(report, args.plot, f"zero-shot accuracy of {Path(report['model']).name}", baseline)
+        plot = Path(args.plot)
+        partial = plot.with_name(f".{plot.stem}.tmp-{os.getpid()}{plot.suffix}")
+        try:
+            plot_accuracy(report, partial, f"zero-shot accuracy of {Path(report['model']).name}", baseline)
+            os.replace(partial, plot)
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,19 +203,18 @@ def main(argv: list[str] | None = None) -> int:
         tasks = ZeroShotTasks(read_examples(args.tasks), tokenizer, args.seq_length, args.length_normalize)
         if args.plot and importlib.util.find_spec("matplotlib") is None:
             raise ConfigError("--plot needs matplotlib: pip install -e '.[plot]'")
-        if args.baseline and not Path(args.baseline).is_file():
-            raise ConfigError(f"--baseline {args.baseline}: no such file")
+        baseline = read_baseline(args.baseline)
         if args.hf_dir:
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 raise ConfigError("--hf-dir runs in one process (transformers' BLOOM); launch it without torchrun")
             pair_scores = hf_pair_scores(args.hf_dir, tasks.encoded, args.micro_batch_size, _precision(args))
         else:
             pair_scores = checkpoint_pair_scores(args, tasks, tokenizer.vocab_size)
-    except (ConfigError, ExampleError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, ExampleError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if not dist.is_initialized() or dist.get_rank() == 0:
-        write_outputs(args, tasks, pair_scores)
+        write_outputs(args, tasks, pair_scores, baseline)
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     valid = write_jsonl(out / "xp3_demo_valid.jsonl", args.valid_rows, seed=args.seed + 1)
     choices = out / "eval_tasks" / "demo_choices.jsonl"
     choices.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(choices, "".join(json.dumps(example, ensure_ascii=False) + "\n"
-                                      for example in generate_choice_examples(args.choice_examples, args.seed + 2)))
+    trained = frozenset(row["inputs"] for row in generate_rows(args.train_rows, args.seed))
+    write_atomically(choices, "".join(json.dumps(example, ensure_ascii=False) + "\n" for example in
+                                      generate_choice_examples(args.choice_examples, args.seed + 2, trained)))
     texts = itertools.chain.from_iterable(
         (row["inputs"], " " + row["targets"]) for row in generate_rows(args.train_rows, args.seed)
     )

@@ -19,7 +19,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from megatron.evaluation.examples import NotJson, check_example, json_lines
+from megatron.evaluation.examples import ExampleError, NotJson, check_example, json_lines
 from megatron.evaluation.prompts import DATASETS, RowError, render
 from megatron.utils.atomic_files import write_atomically
 
@@ -31,16 +31,20 @@ def examples_of(dataset: str, language: str, path: Path, skip_bad_rows: bool, sk
             if isinstance(row, NotJson):
                 raise RowError(str(row), "not JSON")
             rendered = list(render(dataset, row, where))
+            examples_of_row = [{"id": f"{dataset}/{language}/{where.rsplit('/', 1)[-1]}/{prompt}", "dataset": dataset,
+                                "language": language, "prompt": prompt, "inputs": inputs, "choices": choices,
+                                "label": label} for prompt, inputs, choices, label in rendered]
+            for example in examples_of_row:
+                try:
+                    check_example(example, where)  # what evaluate.py will read back
+                except ExampleError as error:
+                    raise RowError(str(error), "unusable example") from None
         except RowError as error:
             if not skip_bad_rows:
                 raise
             skipped[error.reason] += 1
             continue
-        for prompt, inputs, choices, label in rendered:
-            example = {"id": f"{dataset}/{language}/{where.rsplit('/', 1)[-1]}/{prompt}", "dataset": dataset,
-                       "language": language, "prompt": prompt, "inputs": inputs, "choices": choices, "label": label}
-            check_example(example, where)  # what evaluate.py will read back
-            examples.append(example)
+        examples += examples_of_row
     return examples
 
 
@@ -59,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
                     for e in examples_of(args.dataset, args.language, path, args.skip_bad_rows, skipped)]
     except (RowError, ValueError, OSError) as error:
         print(f"error: {error}\nno output written", file=sys.stderr)
+        return 1
+    names = [path.name for path in args.input]
+    if len(set(names)) < len(names):
+        print(f"error: input files share a name ({', '.join(sorted({n for n in names if names.count(n) > 1}))}); "
+              "example ids are made of file names and lines: rename one\nno output written", file=sys.stderr)
         return 1
     if not examples:
         print(f"error: no usable rows in {', '.join(map(str, args.input))}\nno output written", file=sys.stderr)

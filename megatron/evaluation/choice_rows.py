@@ -27,15 +27,16 @@ class EncodedChoices:
 
     inputs: list[np.ndarray]  # per pair
     choices: list[np.ndarray]  # per pair
-    example_of_pair: np.ndarray
     first_pair: np.ndarray  # example e's pairs are first_pair[e] .. first_pair[e + 1] - 1
     truncated_pairs: int  # pairs whose inputs lost tokens on the left
+    config: PackingConfig  # the rows they are cut for
 
     @property
     def num_pairs(self) -> int:
         return len(self.choices)
 
     def choice_lengths(self) -> np.ndarray:
+        """Tokens per choice (what --length-normalize divides by)."""
         return np.array([len(c) for c in self.choices], np.int64)
 
 
@@ -52,24 +53,25 @@ def encode_choices(examples: Sequence[ChoiceExample], tokenizer, seq_length: int
     kept = kept_input_lengths(input_sizes, choice_sizes, config)
     for pair in np.flatnonzero(kept == 0):
         example = examples[example_of_pair[pair]]
-        raise ExampleError(f"example {example.id!r}: choice {pair - first_pair[example_of_pair[pair]]} has "
+        raise ExampleError(f"{example.where or example.id}: choice {pair - first_pair[example_of_pair[pair]]} has "
                            f"{choice_sizes[pair]} tokens, no room for its inputs in a row of {config.capacity} "
                            "(raise --seq-length)")
     inputs = [np.asarray(input_ids[e][len(input_ids[e]) - keep:], np.int64) for e, keep in zip(example_of_pair, kept)]
-    return EncodedChoices(inputs, [np.asarray(c, np.int64) for c in choice_ids], example_of_pair, first_pair,
-                          int((kept < input_sizes).sum()))
+    return EncodedChoices(inputs, [np.asarray(c, np.int64) for c in choice_ids], first_pair,
+                          int((kept < input_sizes).sum()), config)
 
 
 class ChoiceRows:
     """The pairs of `encoded` packed into rows; a row is built when asked for."""
 
-    def __init__(self, encoded: EncodedChoices, seq_length: int, pad_id: int):
+    def __init__(self, encoded: EncodedChoices, pad_id: int):
         self.encoded = encoded
-        self.capacity = seq_length + 1
+        config = encoded.config
+        self.capacity = config.capacity
         self.pad_id = pad_id
         lengths = np.array([len(i) + len(c) for i, c in zip(encoded.inputs, encoded.choices)], np.int32)
         self.offsets, self.pairs = _cpp.pack_pairs(np.arange(encoded.num_pairs, dtype=np.int64), lengths,
-                                                   self.capacity, "best_fit", 1024)
+                                                   self.capacity, config.strategy, config.window)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 TEXT_FIELDS = ("id", "dataset", "language", "prompt", "inputs")
@@ -26,6 +26,7 @@ class ChoiceExample:
     inputs: str
     choices: tuple[str, ...]
     label: int
+    where: str = field(default="", compare=False)  # file:line, for messages
 
 
 def check_example(row, where: str) -> ChoiceExample:
@@ -48,7 +49,7 @@ def check_example(row, where: str) -> ChoiceExample:
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
         raise ExampleError(f"{where}: label {label!r} is not an index into its {len(choices)} choices")
     return ChoiceExample(row["id"], row["dataset"], row["language"], row["prompt"], row["inputs"],
-                         tuple(choices), label)
+                         tuple(choices), label, where)
 
 
 class NotJson(ValueError):

@@ -20,6 +20,7 @@ ALIASES = {"jp": "ja"}
 
 
 def base_code(language: str) -> str:
+    """The lower-case ISO code before any region or script (`zh-CN` -> `zh`), aliases resolved."""
     code = language.lower().replace("_", "-").split("-")[0]
     return ALIASES.get(code, code)
 

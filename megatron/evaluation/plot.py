@@ -28,7 +28,7 @@ def plot_accuracy(report: dict, path: str | Path, title: str, baseline: dict | N
         languages = list(medians)
         positions = range(len(languages))
         if baseline and dataset in baseline.get("median_over_prompts", {}):
-            before = [baseline["median_over_prompts"][dataset].get(lang, 0.0) for lang in languages]
+            before = [baseline["median_over_prompts"][dataset].get(lang, float("nan")) for lang in languages]
             ax.bar(positions, before, width=0.8, fill=False, edgecolor="#888888", linestyle=":", label="baseline")
         ax.bar(positions, [medians[lang] for lang in languages], width=0.6,
                color=[COLOURS[pretraining_group(lang)] for lang in languages])

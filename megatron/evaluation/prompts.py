@@ -108,6 +108,9 @@ _LABEL: dict[str, Callable[[dict], object]] = {
 }
 
 
+_LABEL_FIELDS = {"label", "answer", "answer_right_ending"}
+
+
 def _as_int(value) -> int:
     if isinstance(value, bool):
         raise ValueError(value)
@@ -121,6 +124,9 @@ def render(dataset: str, row, where: str) -> Iterator[tuple[str, str, list[str],
     missing = [name for name in _FIELDS[dataset] if name not in row or row[name] is None]
     if missing:
         raise RowError(f"{where}: missing field(s) {', '.join(missing)} of a {dataset} row", "missing field")
+    not_text = [name for name in _FIELDS[dataset] if name not in _LABEL_FIELDS and not isinstance(row[name], str)]
+    if not_text:
+        raise RowError(f"{where}: field(s) {', '.join(not_text)} must be text", "not text")
     empty = [name for name in _FIELDS[dataset] if isinstance(row[name], str) and not row[name].strip()]
     if empty:
         raise RowError(f"{where}: empty field(s) {', '.join(empty)}", "empty field")

@@ -15,9 +15,11 @@ class ModelSpec:
     # the frozen model config: shape and options, `from_hf`, `to_hf`, `read_hf_config`
     config_class: type
     # (config, parallel, checkpoint_activations, init_seed) -> the whole model, with `.loss(batch, norm)`
+    # and `.target_log_probs(batch)` (each label's log-probability under the loss mask: zero-shot scoring)
     build_model: Callable
     # (config, parallel, data_parallel_size, partition_method, checkpoint_activations,
-    #  norm_target_loss, init_seed) -> DeepSpeed `PipelineModule`
+    #  norm_target_loss, init_seed) -> DeepSpeed `PipelineModule`, whose `loss_fn` gives those
+    #  log-probabilities instead of the loss while its `scoring` is set
     build_pipeline: Callable
     # (config, tp, pp, partition_method) -> the kinds of layer each pipeline stage holds
     stage_layers: Callable

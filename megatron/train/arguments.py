@@ -186,6 +186,8 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
     train_samples = validation.samples(args.train_iters, args.train_samples, global_batch, "train")
     if not train_samples:
         raise ConfigError("give --train-iters or --train-samples")
+    if args.eval_tasks is None and (args.eval_tasks_interval is not None or args.eval_tasks_length_normalize):
+        raise ConfigError("--eval-tasks-interval and --eval-tasks-length-normalize need --eval-tasks FILE_OR_DIR")
     deepspeed_json = read_deepspeed_json(args.deepspeed_config)
     zero_stage = args.zero_stage if args.zero_stage is not None else int(
         deepspeed_json.get("zero_optimization", {}).get("stage", 1))
@@ -241,7 +243,8 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
         deepspeed_json=deepspeed_json,
         dry_run=args.dry_run,
         eval_tasks=None if args.eval_tasks is None else EvalTasksConfig(
-            path=args.eval_tasks, interval=args.eval_tasks_interval or args.eval_interval,
+            path=args.eval_tasks,
+            interval=args.eval_interval if args.eval_tasks_interval is None else args.eval_tasks_interval,
             length_normalize=args.eval_tasks_length_normalize),
     )
     validation.validate(train)

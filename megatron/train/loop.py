@@ -108,6 +108,11 @@ class Trainer:
         last_saved = progress.iteration or None  # a resumed run does not rewrite what it resumed from
         log(f"training from iteration {progress.iteration} to {train.train_iters} "
             f"(consumed samples {progress.consumed_samples}); model FLOPs: {self.engine.spec.flops_formula}")
+        if self.tasks is not None:
+            encoded = self.tasks.encoded
+            log(f"zero-shot tasks {train.eval_tasks.path}: {len(self.tasks.examples)} examples, {encoded.num_pairs} "
+                f"choices packed into {len(self.tasks.rows)} rows; {encoded.truncated_pairs} (inputs, choice) pairs "
+                "longer than a row keep their last input tokens")
         if progress.iteration == 0:  # the starting point: the loaded model's (or random init's)
             self._evaluations("start")
         while progress.iteration < train.train_iters:

@@ -26,6 +26,8 @@ from megatron.train.distributed import collective_device
 
 @dataclass(frozen=True)
 class TaskResults:
+    """What an evaluation gives: the aggregates, and each example's scores and prediction."""
+
     report: dict  # `accuracy.accuracy_report`
     scores: list[list[float]]  # per example, per choice (divided by token counts with length_normalize)
     predictions: list[int]
@@ -37,7 +39,7 @@ class ZeroShotTasks:
     def __init__(self, examples: Sequence[ChoiceExample], tokenizer, seq_length: int, length_normalize: bool):
         self.examples = list(examples)
         self.encoded = encode_choices(self.examples, tokenizer, seq_length)
-        self.rows = ChoiceRows(self.encoded, seq_length, tokenizer.pad)
+        self.rows = ChoiceRows(self.encoded, tokenizer.pad)
         self.length_normalize = length_normalize
 
     def results(self, pair_scores: np.ndarray) -> TaskResults:
@@ -53,13 +55,14 @@ def _log_probs(engine, batches: list[dict[str, torch.Tensor]]) -> list[torch.Ten
         loss_fn.scoring = True
         # eval_batch adds every output into `total_loss` and (unlike train_batch) never resets it:
         # a validation's scalar and these [micro, seq] tensors must not meet there
-        engine.total_loss = None
+        # and with a DeepSpeed monitor on it broadcasts and logs the outputs as if they were one loss
+        engine.total_loss, monitor = None, engine.monitor.enabled
+        engine.monitor.enabled = False
         try:
             return engine.eval_batch(map(pipeline_micro_batch, batches), reduce_output=None, bcast_loss=False,
                                      num_micro_batches=len(batches))
         finally:
-            loss_fn.scoring = False
-            engine.total_loss = None
+            loss_fn.scoring, engine.total_loss, engine.monitor.enabled = False, None, monitor
     return [engine({k: v.to(engine.device) for k, v in batch.items()}, score=True) for batch in batches]
 
 

@@ -66,6 +66,7 @@ def test_make_eval_prompts_renders_every_template_of_each_dataset(dataset, tmp_p
     ({"premise": "p", "choice1": "a", "choice2": " ", "question": "cause", "label": 0}, "empty field(s) choice2"),
     ({"premise": "p", "choice1": "a", "choice2": "b", "question": "cause", "label": 2}, "label 2 is not one of its 2"),
     ({"premise": "p", "choice1": "a", "choice2": "b", "question": "why", "label": 0}, "question 'why'"),
+    ({"premise": 5, "choice1": "a", "choice2": "b", "question": "cause", "label": 0}, "field(s) premise must be text"),
     ("{not json", "not valid JSON"),
 ])
 def test_a_bad_raw_row_stops_with_its_line_or_is_counted_with_skip_bad_rows(row, problem, tmp_path):
@@ -124,9 +125,25 @@ def test_duplicate_ids_bad_json_and_empty_inputs_are_refused(tmp_path):
         read_examples(empty)
 
 
+def test_inputs_of_the_same_name_would_share_ids_and_are_refused(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        _jsonl(tmp_path / folder / "test.jsonl", RAW_ROWS["xnli"])
+    result = run_tool_in_process("make_eval_prompts.py", "--dataset", "xnli", "--language", "fr", "--input",
+                                 tmp_path / "a" / "test.jsonl", tmp_path / "b" / "test.jsonl", "--output",
+                                 tmp_path / "out.jsonl", check=False)
+    assert result.returncode == 1 and "input files share a name (test.jsonl)" in result.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 def test_evaluate_refuses_a_bad_tasks_file_before_loading_a_model(demo_dir, tmp_path):
     path = _jsonl(tmp_path / "tasks.jsonl", [GOOD, {**GOOD, "id": "b", "label": 5}])
     result = run_tool_in_process("evaluate.py", "--tasks", path, "--hf-dir", tmp_path / "no_model",
                                  "--tokenizer-name-or-path", demo_dir / "tokenizer", check=False)
     assert result.returncode == 2
     assert f"error: {path}:2: label 5 is not an index into its 2 choices" in result.stderr
+    (tmp_path / "baseline.json").write_text("[1, 2]")
+    result = run_tool_in_process("evaluate.py", "--tasks", _jsonl(tmp_path / "good.jsonl", [GOOD]), "--hf-dir",
+                                 tmp_path / "no_model", "--tokenizer-name-or-path", demo_dir / "tokenizer",
+                                 "--baseline", tmp_path / "baseline.json", check=False)
+    assert result.returncode == 2 and "not an --output-json of tools/evaluate.py" in result.stderr

@@ -45,7 +45,8 @@ FINETUNE = REPO / "finetune_xp3.py"
 
 
 def _command(nprocs: int, args: list, script: Path = FINETUNE, **env_vars: str) -> tuple[list[str], dict[str, str]]:
-    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
+    env = dict(os.environ, DS_ACCELERATOR="cuda" if torch.cuda.is_available() else "cpu", PYTHONWARNINGS="ignore",
+               OMP_NUM_THREADS="1",
                TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions")),
                **env_vars)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nprocs),

@@ -92,6 +92,10 @@ def test_a_tiny_model_learns_and_climbs_from_chance_on_two_pipeline_stages(demo_
     run_tool("convert_checkpoint/megatron_to_hf.py", "--checkpoint-dir", tmp_path / "run",
              "--output-dir", tmp_path / "hf", "--tokenizer-dir", demo_dir / "tokenizer")
     assert BloomForCausalLM.from_pretrained(tmp_path / "hf").config.n_layer == 2
+    # the whole-model engine (ZeRO-2) scores the same random init (`--seed`) alike
+    finetune(1, [*_flags(demo_dir, task, task / "tasks.jsonl"), "--zero-stage", "2", "--train-iters", "1", "--lr-warmup-iters", "0",
+                 "--global-batch-size", "4", "--tensorboard-dir", tmp_path / "tb_zero2"])
+    assert scalars(tmp_path / "tb_zero2", "eval-tasks/translate/fr")[0] == accuracy[0]
 
 
 def test_a_bad_tasks_file_stops_the_launch_naming_its_line(demo_dir, task, tmp_path, capsys):
@@ -102,3 +106,6 @@ def test_a_bad_tasks_file_stops_the_launch_naming_its_line(demo_dir, task, tmp_p
                                  "choices": ["only"], "label": 0}) + "\n")
     assert finetune_xp3.main(list(map(str, _flags(demo_dir, task, tasks)))) == 2
     assert f"error: --eval-tasks {tasks}:1: choices must be a list of at least two strings" in capsys.readouterr().err
+    flags = [str(f) for f in _flags(demo_dir, task, tasks) if f not in ("--eval-tasks", tasks)]
+    assert finetune_xp3.main([*flags, "--eval-tasks-interval", "5"]) == 2
+    assert "--eval-tasks-interval and --eval-tasks-length-normalize need --eval-tasks" in capsys.readouterr().err

@@ -58,12 +58,15 @@ def head_and_loss(hidden: torch.Tensor, embedding_weight: torch.Tensor, labels: 
 
 
 def target_log_probs(hidden: torch.Tensor, embedding_weight: torch.Tensor, labels: torch.Tensor,
-                     loss_mask: torch.Tensor) -> torch.Tensor:
+                     loss_mask: torch.Tensor, chunk_tokens: int = 4096) -> torch.Tensor:
     """`[batch, seq]` fp32: each label's log-probability where `loss_mask` is set, 0 elsewhere;
-    the LM head is applied to those positions only."""
+    the LM head is applied to those positions only, `chunk_tokens` at a time (the fp32 logits of
+    a chunk: chunk x vocabulary / TP)."""
     mask = loss_mask.to(hidden.device) > 0
-    out = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
-    if mask.any():
-        logits = lm_logits(hidden[mask], embedding_weight, gather=False)
-        out[mask] = -token_losses(logits, labels.to(hidden.device)[mask])
-    return out
+    positions = mask.flatten().nonzero().squeeze(1)
+    hidden, labels = hidden.flatten(0, 1), labels.to(hidden.device).flatten()
+    out = torch.zeros(mask.numel(), dtype=torch.float32, device=hidden.device)
+    for chunk in positions.split(chunk_tokens):  # the same chunks on every TP rank (one mask)
+        logits = lm_logits(hidden[chunk], embedding_weight, gather=False)
+        out[chunk] = -token_losses(logits, labels[chunk])
+    return out.view(mask.shape)
