@@ -11,12 +11,14 @@ rewritten after every step, so what finished is kept when time runs out:
      rows of 2,048 tokens, 30 iterations each, BLOOMZ's dropouts, the fused paths on (the defaults
      on a GPU), fp16 with DeepSpeed's dynamic loss scaling: losses, loss scale, tokens/s, target
      tokens/s, TFLOPs, MFU, peak memory;
-  3. train_step: `bench/train_step.py` for the 560m and 1b7 shapes (ours fused / ours reference /
-     transformers padded, the LM head alone, attention against the sequence length);
-  4. lm_head: `bench/lm_head.py` in bf16.
+  3. train_step: `bench/train_step.py` for the 560m and 1b7 shapes in bf16 (ours fused / ours
+     reference / transformers padded, then `bench/lm_head.py`'s LM head + loss alone, then
+     attention against the sequence length).
 
-`--rehearse` runs the same steps on CPU with tiny shapes (fp16 is skipped: DeepSpeed has no fp16
-on CPU), which `tests/bench/test_gpu_check.py` does in `make test`.
+The fp16 run takes the BLOOMZ recipes' loss scaling (`examples/slurm/ds_config_bloomz-560m.json`).
+A step that runs out of its time is killed with every process it started. `--rehearse` runs the
+same steps on CPU with tiny shapes (fp16 is skipped: DeepSpeed has no fp16 on CPU), which
+`tests/bench/test_bench.py` does in `make test`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -35,7 +38,9 @@ LOG_FIELDS = {  # the log line's fields (megatron/train/loop.py), as floats
     "lm loss": r"lm loss ([0-9.E+-]+|nan|inf)", "loss scale": r"loss scale ([0-9.]+)",
     "tokens/s": r"\| tokens/s ([0-9.]+)", "target tokens/s": r"target tokens/s ([0-9.]+)",
     "TFLOPs/device": r"TFLOPs/device ([0-9.]+)", "MFU %": r"MFU ([0-9.]+)%", "memory GiB": r"memory \(\w+\) ([0-9.]+) GiB",
+    "skipped iterations": r"skipped iterations (\d+)",
 }
+RECIPE_FP16 = "examples/slurm/ds_config_bloomz-560m.json"
 
 
 def shapes(rehearse: bool) -> dict:
@@ -43,21 +48,20 @@ def shapes(rehearse: bool) -> dict:
         return {"model": ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4"],
                 "seq": "128", "micro": "2", "global": "4", "iters": "6", "log": "2", "rows": "600",
                 "train_step": ["--model", "tiny", "--steps", "1", "--dtype", "fp32", "--seq-length", "128",
-                               "--attention-seq-lengths", "64", "--attention-heads", "2"],
-                "lm_head": ["--hidden-size", "64", "--vocab-size", "50000", "--rows", "1", "--seq-length", "512",
-                            "--dtype", "fp32", "--steps", "1"]}
+                               "--attention-seq-lengths", "64", "--attention-heads", "2"]}
     return {"model": ["--num-layers", "24", "--hidden-size", "1024", "--num-attention-heads", "16",
                       "--pad-vocab-size-to", "250880"],
             "seq": "2048", "micro": "4", "global": "32", "iters": "30", "log": "10", "rows": "20000",
             "train_step": ["--model", "560m", "--model", "1b7", "--steps", "5",
-                           "--attention-seq-lengths", "512", "1024", "2048", "4096"],
-            "lm_head": ["--dtype", "bf16"]}
+                           "--attention-seq-lengths", "512", "1024", "2048", "4096"]}
 
 
 class Check:
-    def __init__(self, out: Path, work: Path, budget: float, rehearse: bool):
+    def __init__(self, out: Path, work: Path, budget: float, started: float, rehearse: bool):
+        """`budget` seconds from `started` (the wall-clock time gpu_check.sh began, its install
+        and build included)."""
         self.out, self.work, self.rehearse = out, work, rehearse
-        self.deadline = time.monotonic() + budget
+        self.deadline = time.monotonic() + budget - (time.time() - started)
         self.report = {"rehearsal": rehearse, "device": device_name(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                        "budget_s": budget, "steps": {}}
 
@@ -68,15 +72,17 @@ class Check:
             self.record(name, {"status": "not run: out of time"})
             return "not run", ""
         started = time.monotonic()
-        try:
-            result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=min(limit, left))
-            status = "ok" if result.returncode == 0 else f"failed (exit {result.returncode})"
-            output = result.stdout + result.stderr
-        except subprocess.TimeoutExpired as expired:
-            status = f"timed out after {min(limit, left):.0f} s"
-            output = "".join(part.decode(errors="replace") if isinstance(part, bytes) else (part or "")
-                             for part in (expired.stdout, expired.stderr))
-        (self.out / log_name).write_text(output)
+        with open(self.out / log_name, "w") as log:  # kept as far as it got
+            process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                       start_new_session=True)
+            try:
+                returncode = process.wait(timeout=min(limit, left))
+                status = "ok" if returncode == 0 else f"failed (exit {returncode})"
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)  # torchrun's workers too: the GPU is freed
+                process.wait()
+                status = f"timed out after {min(limit, left):.0f} s"
+        output = (self.out / log_name).read_text(errors="replace")
         self.record(name, {"status": status, "seconds": round(time.monotonic() - started, 1), "log": log_name})
         return status, output
 
@@ -96,8 +102,8 @@ def device_name() -> str:
 
 def gpu_tests(check: Check) -> None:
     xml = check.work / "gpu_tests.xml"
-    status, output = check.run("gpu_tests", [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                                             "-rfEs", f"--junitxml={xml}"], 240, "gpu_tests.log")
+    status, output = check.run("gpu_tests", [sys.executable, "-m", "pytest", "-m", "gpu", "-v", "-p", "no:cacheprovider",
+                                             "--timeout", "60", "-rfEs", f"--junitxml={xml}"], 100, "gpu_tests.log")
     counts = re.findall(r"(\d+) (passed|failed|skipped|error|errors|deselected)", output)
     check.record("gpu_tests", {kind: int(n) for n, kind in counts}
                  | {"failures": re.findall(r"^(?:FAILED|ERROR) (\S+)", output, re.M)})
@@ -106,17 +112,13 @@ def gpu_tests(check: Check) -> None:
 def prepare_data(check: Check, size: dict) -> dict[str, str] | None:
     """The demo corpus (synthetic, nothing downloaded) and its tokenizer, preprocessed."""
     data = check.work / "data"
-    for command in ([sys.executable, "tools/make_demo_data.py", "--output-dir", str(data), "--train-rows", size["rows"],
-                     "--valid-rows", "100", "--choice-examples", "1"],
-                    [sys.executable, "tools/preprocess_data.py", "--input", str(data / "xp3_demo_train.jsonl"),
-                     "--json-keys", "inputs", "targets", "--prepend-space", "targets", "--append-eod", "targets",
-                     "--tokenizer-name-or-path", str(data / "tokenizer"), "--output-prefix", str(data / "train"),
-                     "--workers", "4", "--log-interval", "0"]):
-        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-        if result.returncode:
-            check.record("data", {"status": f"failed: {result.stderr[-2000:]}"})
-            return None
-    return {"tokenizer": str(data / "tokenizer"), "train": str(data / "train")}
+    script = (f"{sys.executable} tools/make_demo_data.py --output-dir {data} --train-rows {size['rows']} "
+              f"--valid-rows 100 --choice-examples 1 && {sys.executable} tools/preprocess_data.py --input "
+              f"{data / 'xp3_demo_train.jsonl'} --json-keys inputs targets --prepend-space targets --append-eod "
+              f"targets --tokenizer-name-or-path {data / 'tokenizer'} --output-prefix {data / 'train'} --workers 4 "
+              "--log-interval 0")
+    status, _ = check.run("data", ["bash", "-c", script], 60, "data.log")
+    return {"tokenizer": str(data / "tokenizer"), "train": str(data / "train")} if status == "ok" else None
 
 
 def finetune(check: Check, size: dict, data: dict | None, precision: str) -> None:
@@ -134,8 +136,8 @@ def finetune(check: Check, size: dict, data: dict | None, precision: str) -> Non
                "--lr-decay-style", "constant", "--optimizer", "adam", "--adam-beta2", "0.95", "--weight-decay", "1e-4",
                "--hidden-dropout", "0.1", "--attention-dropout", "0.1", "--norm-target-loss", "--eval-iters", "0",
                "--log-interval", size["log"], "--num-workers", "2", *(["--bf16"] if precision == "bf16" else []),
-               *(["--fp16"] if precision == "fp16" else [])]
-    status, output = check.run(name, command, 150, f"{name}.log")
+               *(["--fp16", "--deepspeed_config", RECIPE_FP16] if precision == "fp16" else [])]
+    status, output = check.run(name, command, 100, f"{name}.log")
     lines = [line for line in output.splitlines() if re.match(r"\s*iteration\s+\d+/", line)]
     values = {"log_lines": len(lines), "losses": [_field(line, "lm loss") for line in lines]}
     if lines:  # the last window: past compilation and autotuning
@@ -186,19 +188,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="where the report and the step outputs go")
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu_check_work"), help="scratch: data, test results")
-    parser.add_argument("--budget", type=float, default=540, help="seconds for all steps together")
+    parser.add_argument("--budget", type=float, default=450,
+                        help="seconds for everything from --started-at on (give the device run ~60 s more)")
+    parser.add_argument("--started-at", type=float, default=None, help="wall-clock start (default: now)")
     parser.add_argument("--rehearse", action="store_true", help="tiny shapes on CPU")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    check = Check(args.out, args.work, args.budget, args.rehearse)
+    check = Check(args.out, args.work, args.budget, args.started_at or time.time(), args.rehearse)
     size = shapes(args.rehearse)
     gpu_tests(check)
     data = prepare_data(check, size)
     for precision in ("bf16", "fp16"):
         finetune(check, size, data, precision)
-    bench(check, "train_step", "train_step.py", size["train_step"], 200)
-    bench(check, "lm_head", "lm_head.py", size["lm_head"], 60)
+    bench(check, "train_step", "train_step.py", size["train_step"], 150)
     print((args.out / "gpu_report.md").read_text())
     steps = check.report["steps"].values()
     return 0 if all(s["status"] == "ok" or s["status"].startswith("skipped") for s in steps) else 1

@@ -6,7 +6,8 @@
 # and fp16, the step and LM-head benchmarks, each step under its own time limit, the report in
 # $OUT/gpu_report.json and $OUT/gpu_report.md.
 #
-#   bash bench/gpu_check.sh [--budget SECONDS]      # on the GPU machine (device run: carry .gpu_wheelhouse)
+#   bash bench/gpu_check.sh [--budget SECONDS]      # on the GPU machine (device run: carry .gpu_wheelhouse,
+#                                                   #  timeout_s = budget + 60; default budget 450)
 #   bash bench/gpu_check.sh --rehearse              # here, on CPU: tiny shapes, this machine's .venv
 #
 # The wheels go to a --target folder on PYTHONPATH rather than into a venv: the machine's python3
@@ -14,6 +15,7 @@
 # see the base interpreter's packages, not that torch.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+started=$(date +%s)
 
 rehearse=0
 args=()
@@ -28,7 +30,7 @@ export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$WORK/tor
 if [ "$rehearse" = 1 ]; then
     PY=${PYTHON:-.venv/bin/python}
     export DS_ACCELERATOR=cpu TRITON_INTERPRET=1
-    exec "$PY" bench/gpu_check.py --rehearse --out "$OUT" --work "$WORK" "${args[@]}"
+    exec "$PY" bench/gpu_check.py --rehearse --out "$OUT" --work "$WORK" --started-at "$started" "${args[@]}"
 fi
 
 PY=${PYTHON:-python3}
@@ -40,6 +42,12 @@ fi
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
     "$WHEELS"/*.whl || { echo "error: installing the wheels of $WHEELS failed" >&2; exit 2; }
 export PYTHONPATH="$WORK/site:$PWD" DS_ACCELERATOR=cuda
-"$PY" setup.py -q build_ext --inplace >"$OUT/build.log" 2>&1 \
-    || { echo "error: compiling the C++ extension failed (see $OUT/build.log)" >&2; tail -20 "$OUT/build.log" >&2; exit 2; }
-exec "$PY" bench/gpu_check.py --out "$OUT" --work "$WORK" "${args[@]}"
+if ! "$PY" setup.py -q build_ext --inplace -j 8 >"$WORK/build.log" 2>&1; then
+    cp "$WORK/build.log" "$OUT/build.log"
+    echo "error: compiling the C++ extension failed (see build.log)" >&2; tail -20 "$WORK/build.log" >&2; exit 2
+fi
+# everything the steps import, at once: a missing piece fails here in seconds, not in every step
+"$PY" -c "import deepspeed, transformers, megatron.core, megatron.data._cpp, megatron.kernels.flash_attention, \
+megatron.train.engine; print('imports: deepspeed', deepspeed.__version__, 'transformers', transformers.__version__)" \
+    || { echo "error: the environment does not import (see above)" >&2; exit 2; }
+exec "$PY" bench/gpu_check.py --out "$OUT" --work "$WORK" --started-at "$started" "${args[@]}"

@@ -6,7 +6,8 @@
 Carried, at the versions this machine's venv has: DeepSpeed (built here from its sdist as a
 pure-Python wheel; its ops compile just in time, none are used), megatron-core, transformers
 (ours is newer than the machine's), and what DeepSpeed and megatron-core need that the machine
-does not have (hjson, pydantic and its parts, typing-extensions). Torch, Triton, tokenizers,
+does not have (hjson, pydantic and its parts, typing-extensions; regex at the version transformers
+asks for). Torch, Triton, tokenizers,
 safetensors, pybind11, pytest, tensorboard, matplotlib and the rest are the machine's own. This
 project itself travels as the working tree; its C++ extension is compiled there at install
 (pybind11 and a compiler are there).
@@ -25,8 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-BINARY = ["megatron-core", "transformers", "hjson", "pydantic", "pydantic-core", "annotated-types",
-          "typing-inspection", "typing-extensions"]
+BINARY = ["megatron-core", "transformers", "regex", "hjson", "pydantic", "pydantic-core", "annotated-types",
+          "typing-inspection", "typing-extensions"]  # regex: transformers checks its version at import
 BUILT_HERE = ["deepspeed"]  # sdist only on the registry: built into a py3-none-any wheel
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
 LIMIT_MIB = 60  # the device tool carries 64 MiB with the working tree

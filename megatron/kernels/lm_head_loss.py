@@ -9,7 +9,10 @@ tensor-parallel rank's vocabulary slice of the tied embedding.
   plus their gradient.
 - Gradients are computed in the forward pass, chunk by chunk (w * (softmax - one-hot), cast to
   the weight's dtype, times the weight or the hidden states; the weight's gradient accumulated
-  across chunks in its own dtype), and only scaled, in place, in the backward; the max, sum of exponentials
+  across chunks in its own dtype), and only scaled, in place, in the backward. fp16 is the
+  exception: there the loss scale comes only in the backward, and fp16 cannot hold the unscaled
+  gradients (w * softmax is about 1e-9 for a 250k vocabulary, below fp16's 6e-8), so they are
+  formed and accumulated in fp32 and cast to fp16 after scaling; the max, sum of exponentials
   and target logit are all-reduced over the tensor-parallel group as in Megatron's
   vocab-parallel cross entropy, and the hidden states' gradient once at the end.
 
@@ -43,8 +46,10 @@ class _LMHeadLoss(torch.autograd.Function):
     def forward(ctx, hidden, weight, labels, weights, vocab_start: int, chunk_tokens: int, group, with_grads: bool):
         vocab_local = weight.shape[0]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.zeros_like(hidden) if with_grads else None
-        grad_weight = torch.zeros_like(weight) if with_grads else None
+        grad_dtype = torch.float32 if weight.dtype == torch.float16 else weight.dtype
+        grad_hidden = torch.zeros(hidden.shape, dtype=grad_dtype, device=hidden.device) if with_grads else None
+        grad_weight = torch.zeros(weight.shape, dtype=grad_dtype, device=weight.device) if with_grads else None
+        weight_for_grads = weight.to(grad_dtype) if with_grads else None
         for start in range(0, hidden.shape[0], chunk_tokens):
             h, w = hidden[start:start + chunk_tokens], weights[start:start + chunk_tokens]
             local = labels[start:start + chunk_tokens] - vocab_start
@@ -60,13 +65,14 @@ class _LMHeadLoss(torch.autograd.Function):
             if with_grads:  # d loss / d logits = w * (softmax - one-hot)
                 grad_logits = probabilities.mul_((w / sum_exp)[:, None])
                 grad_logits[torch.arange(len(local), device=local.device), local] -= torch.where(here, w, 0.0)
-                grad_logits = grad_logits.to(weight.dtype)
-                grad_hidden[start:start + chunk_tokens] = grad_logits @ weight
-                grad_weight.addmm_(grad_logits.t(), h)
+                grad_logits = grad_logits.to(grad_dtype)
+                grad_hidden[start:start + chunk_tokens] = grad_logits @ weight_for_grads
+                grad_weight.addmm_(grad_logits.t(), h.to(grad_dtype))
         if with_grads:
             _all_reduce(grad_hidden, dist.ReduceOp.SUM, group)
         # kept on ctx, not saved for backward: the backward hands them over as the only reference
         ctx.grads = (grad_hidden, grad_weight)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
         return total
 
     @staticmethod
@@ -80,7 +86,8 @@ class _LMHeadLoss(torch.autograd.Function):
         # reference left, autograd can take it as the weight's .grad without copying either
         grad_hidden.mul_(grad_total)
         grad_weight.mul_(grad_total)
-        return grad_hidden, grad_weight, None, None, None, None, None, None
+        hidden_dtype, weight_dtype = ctx.dtypes  # a cast only for fp16 (no copy otherwise)
+        return grad_hidden.to(hidden_dtype), grad_weight.to(weight_dtype), None, None, None, None, None, None
 
 
 def lm_head_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,

@@ -242,8 +242,8 @@ class Trainer:
         self.tensorboard.scalars(values, progress.iteration)
         if loss_scale is not None and loss_scale[0] == loss_scale[1]:
             log(f"warning: iteration {progress.iteration}: the fp16 loss scale is at DeepSpeed's minimum "
-                f"({loss_scale[1]:g}, fp16.min_loss_scale): gradients overflow even unscaled, and DeepSpeed stops "
-                "the run at the next overflow. Lower --lr, check the data, or train in --bf16")
+                f"({loss_scale[1]:g}, fp16.min_loss_scale): gradients overflow even barely scaled, and DeepSpeed "
+                "stops the run once an overflow would take it lower. Lower --lr, check the data, or train in --bf16")
 
     def _out_of_time(self) -> bool:
         minutes = self.train.logging.exit_duration_minutes

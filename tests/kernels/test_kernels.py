@@ -86,6 +86,25 @@ def test_chunked_lm_head_loss_in_half_precision_on_a_gpu_matches_the_reference(d
     assert max(differences.values()) < 2e-2, differences
 
 
+def test_chunked_lm_head_loss_in_fp16_keeps_the_small_gradients():
+    """fp16's loss scale comes only in the backward, and the unscaled gradient entries of a large
+    vocabulary (w * softmax: 1e-3 * 2e-5 here) are below fp16's smallest: they must not flush to
+    zero before it (they are formed in fp32). As the reference path, loss x 1024 in fp16, against
+    fp32."""
+    g = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(1000, 16, generator=g), torch.randn(50000, 16, generator=g) * 0.02
+    labels, weights = torch.randint(0, 50000, (1000,), generator=g), torch.full((1000,), 1e-3)
+
+    def weight_gradient(dtype):
+        h, w = (t.to(dtype).requires_grad_() for t in (hidden.clone(), weight.clone()))
+        (lm_head_loss(h, w, labels, weights) * 1024).backward()
+        return w.grad.float()
+
+    half, full = weight_gradient(torch.float16), weight_gradient(torch.float32)
+    assert float((half == 0).float().mean()) < 1e-3  # before the fp32 accumulation: 97% zeros
+    assert float((half - full).abs().max() / full.abs().max()) < 2e-3
+
+
 def test_chunked_lm_head_loss_scales_its_gradients_by_the_loss_scale_once():
     """A scaled loss (loss scale, 1 / accumulation steps) scales the gradients formed in the
     forward; they are handed over in place, so a second backward through the same loss is refused."""
