@@ -13,12 +13,8 @@ pipeline (DeepSpeed PipelineModule) and data (ZeRO) parallelism. Launch with `to
 
 from __future__ import annotations
 
-import os
 import sys
-from datetime import timedelta
 
-import deepspeed
-import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
@@ -32,7 +28,7 @@ from megatron.models.spec import ModelSpec
 from megatron.train.arguments import parse_config
 from megatron.train.checkpointing import resume
 from megatron.train.config import TrainConfig
-from megatron.train.distributed import default_backend, initialize_parallel, seed_everything
+from megatron.train.distributed import seed_everything, start_processes
 from megatron.train.engine import TrainingEngine, build_module, load_weights
 from megatron.train.errors import ConfigError
 from megatron.train.heartbeat import Heartbeat
@@ -62,17 +58,6 @@ def prepare(argv: list[str] | None) -> tuple[TrainConfig, ModelSpec, LoadPlan, C
         except ExampleError as error:
             raise ConfigError(f"--eval-tasks {error}") from None
     return train, spec, plan, meta, tokenizer, tasks
-
-
-def start_distributed(train: TrainConfig) -> None:
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    timeout = timedelta(minutes=train.parallel.timeout_minutes)
-    deepspeed.init_distributed(dist_backend=train.parallel.backend or default_backend(), timeout=timeout)
-    if dist.get_world_size() != train.parallel.world_size:
-        raise ConfigError(f"the flags were checked for {train.parallel.world_size} processes but "
-                          f"{dist.get_world_size()} started")
-    initialize_parallel(train.parallel.tensor, train.parallel.pipeline, timeout)
 
 
 def train_from(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, meta: CheckpointMetadata,
@@ -120,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    start_distributed(train)
+    par = train.parallel
+    start_processes(par.tensor, par.pipeline, par.backend, par.timeout_minutes, world_size=par.world_size)
     progress = plan.progress or TrainingProgress()
     heartbeat = Heartbeat(lambda: progress.iteration)
     try:

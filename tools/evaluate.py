@@ -23,7 +23,6 @@ import importlib.util
 import json
 import os
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import deepspeed
@@ -40,11 +39,12 @@ from megatron.evaluation.choice_rows import EncodedChoices
 from megatron.evaluation.examples import ExampleError, read_examples
 from megatron.models import get_model_spec
 from megatron.models.common.parallel_config import model_parallel_config
-from megatron.train.distributed import default_backend, initialize_parallel
+from megatron.train.arguments import attention_backend
+from megatron.train.distributed import start_processes
 from megatron.train.engine import load_weights
 from megatron.train.errors import ConfigError
 from megatron.train.task_eval import ZeroShotTasks, score_pairs
-from megatron.train.validation import data_parallel_size
+from megatron.train.validation import check_layout, data_parallel_size
 from megatron.utils.atomic_files import write_atomically
 
 
@@ -123,23 +123,14 @@ def checkpoint_pair_scores(args, tasks: ZeroShotTasks, vocab_size: int) -> np.nd
     except CheckpointError as error:
         raise ConfigError(f"--checkpoint-dir {error}") from None
     gpu = torch.cuda.is_available()
-    backend = args.attention_backend if args.attention_backend != "auto" else ("flex" if gpu else "reference")
-    config = dataclasses.replace(meta.model, hidden_dropout=0.0, attention_dropout=0.0, attention_backend=backend,
+    config = dataclasses.replace(meta.model, hidden_dropout=0.0, attention_dropout=0.0,
+                                 attention_backend=attention_backend(args.attention_backend, 0.0, gpu),
                                  lm_head_loss="reference", bias_gelu_fusion=gpu, bias_dropout_fusion=gpu)
     if vocab_size > config.vocab_size:
         raise ConfigError(f"--tokenizer-name-or-path has {vocab_size} tokens, more than the checkpoint's "
                           f"embedding ({config.vocab_size} rows)")
-    try:
-        config.check_tensor_parallel(tp)
-        spec.check_partition(config, tp, pp, args.pp_partition_method)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-
-    if gpu:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    timeout = timedelta(minutes=args.distributed_timeout_minutes)
-    deepspeed.init_distributed(dist_backend=args.distributed_backend or default_backend(), timeout=timeout)
-    initialize_parallel(tp, pp, timeout)
+    check_layout(spec, config, tp, pp, args.pp_partition_method)
+    start_processes(tp, pp, args.distributed_backend, args.distributed_timeout_minutes)
     module = spec.build_pipeline(config, model_parallel_config(torch.float32, device="cpu"), dp,
                                  args.pp_partition_method, False, False)
     load_weights(module, spec, reader.layer, is_pipeline=True)

@@ -42,6 +42,14 @@ TAKES_VALUES = {"--max-position-embeddings": {}, "--tensorboard-queue-size": {},
                 "--test-weighted-split-paths": {"nargs": "*"}, "--test-weighted-split-paths-path": {}}
 
 
+def attention_backend(choice: str, attention_dropout: float, gpu: bool) -> str:
+    """`--attention-backend`, `auto` resolved: on GPUs triton with attention dropout, else flex;
+    reference on CPU."""
+    if choice != "auto":
+        return choice
+    return ("triton" if attention_dropout > 0 else "flex") if gpu else "reference"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Multitask finetuning of BLOOM on packed xP3 data with tensor, pipeline and "
@@ -208,8 +216,7 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
             pad_vocab_size_to=args.pad_vocab_size_to, checkpoint_activations=args.checkpoint_activations,
             tokenizer=args.tokenizer_name_or_path, hidden_dropout=args.hidden_dropout,
             attention_dropout=args.attention_dropout, prefix_lm=args.prefix_lm,
-            attention_backend=args.attention_backend if args.attention_backend != "auto" else (
-                ("triton" if args.attention_dropout > 0 else "flex") if gpu else "reference"),
+            attention_backend=attention_backend(args.attention_backend, args.attention_dropout, gpu),
             lm_head_loss=args.lm_head_loss if args.lm_head_loss != "auto" else ("chunked" if gpu else "reference"),
             bias_gelu_fusion=gpu if args.bias_gelu_fusion is None else args.bias_gelu_fusion,
             bias_dropout_fusion=gpu if args.bias_dropout_fusion is None else args.bias_dropout_fusion,

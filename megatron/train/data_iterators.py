@@ -42,6 +42,11 @@ def micro_batches(dataset, consumed_samples: int, micro_batch: int, dp_rank: int
     return iter(loader)
 
 
+def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """A collated batch on `device`, as the whole-model engine takes it."""
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
 def pipeline_micro_batch(batch: dict[str, torch.Tensor]):
     """A collated batch as DeepSpeed's pipeline engine takes it: (first-stage inputs, loss inputs)."""
     return ((batch["tokens"], batch["segment_ids"], batch["is_inputs"]),

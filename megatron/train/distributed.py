@@ -5,6 +5,7 @@ captured into and restored from checkpoints."""
 
 from __future__ import annotations
 
+import os
 import random
 from datetime import timedelta
 
@@ -14,6 +15,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megatron.models.common.tp_random import tensor_parallel_rng
+from megatron.train.errors import ConfigError
 
 
 def default_backend() -> str:
@@ -46,6 +48,23 @@ def initialize_parallel(tp_size: int = 1, pp_size: int = 1, timeout: timedelta |
         tensor_model_parallel_size=tp_size, pipeline_model_parallel_size=pp_size,
         **({"distributed_timeout_minutes": timeout.total_seconds() / 60} if timeout else {}),
     )
+
+
+def start_processes(tp_size: int, pp_size: int, backend: str | None, timeout_minutes: float,
+                    world_size: int | None = None) -> None:
+    """What a launched process does first: take its GPU (`LOCAL_RANK`), start torch.distributed
+    through DeepSpeed (`backend`, or `default_backend()`) and megatron-core's groups, every
+    collective bounded by `timeout_minutes`; with `world_size`, as many processes must have
+    started."""
+    import deepspeed  # here: the rest of this module (used by the benchmarks, tests) needs none of it
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    timeout = timedelta(minutes=timeout_minutes)
+    deepspeed.init_distributed(dist_backend=backend or default_backend(), timeout=timeout)
+    if world_size is not None and dist.get_world_size() != world_size:
+        raise ConfigError(f"the flags were checked for {world_size} processes but {dist.get_world_size()} started")
+    initialize_parallel(tp_size, pp_size, timeout)
 
 
 class DeepSpeedMPU:

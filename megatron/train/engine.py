@@ -21,7 +21,7 @@ from megatron.checkpoint.loading import LayerSource, load_layers_into_model, loa
 from megatron.models.common.parallel_config import model_parallel_config
 from megatron.models.spec import ModelSpec
 from megatron.train.config import OptimizerConfig, TrainConfig
-from megatron.train.data_iterators import pipeline_micro_batch
+from megatron.train.data_iterators import pipeline_micro_batch, to_device
 from megatron.train.deepspeed_config import deepspeed_config
 from megatron.train.distributed import DeepSpeedMPU, collective_device
 from megatron.train.task_eval import ZeroShotTasks, score_pairs
@@ -109,7 +109,7 @@ class TrainingEngine:
         else:
             total = torch.zeros((), dtype=torch.float32)
             for _ in range(self.train.batch.gradient_accumulation):
-                micro_loss = self.engine(self._to_device(next(batches)))
+                micro_loss = self.engine(to_device(next(batches), self.engine.device))
                 self.engine.backward(micro_loss)
                 self.engine.step()
                 total += micro_loss.detach().float().cpu()
@@ -123,7 +123,7 @@ class TrainingEngine:
             return float(self.engine.eval_batch(map(pipeline_micro_batch, batches) if batches else None))
         total = torch.zeros((), dtype=torch.float32)
         for _ in range(self.train.batch.gradient_accumulation):
-            total += self.engine(self._to_device(next(batches))).float().cpu()
+            total += self.engine(to_device(next(batches), self.engine.device)).float().cpu()
         return float(self._data_parallel_mean(total / self.train.batch.gradient_accumulation))
 
     def score(self, tasks: ZeroShotTasks) -> np.ndarray:
@@ -189,9 +189,6 @@ class TrainingEngine:
             step = state.get("step")
             if torch.is_tensor(step) and step.device != state_of.device:
                 state["step"] = step.to(state_of.device, torch.float32)
-
-    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.engine.device, non_blocking=True) for k, v in batch.items()}
 
     @staticmethod
     def _data_parallel_mean(value: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from megatron.models.spec import ModelSpec
 from megatron.train.config import TrainConfig
 from megatron.train.errors import ConfigError
 from megatron.train.progress import TrainingProgress
+from megatron.train.validation import check_layout
 
 
 @dataclass(frozen=True)
@@ -140,10 +141,6 @@ def run_metadata(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, vocab_size
         if hf_config.get("vocab_size", vocab_size) > config.vocab_size or vocab_size > config.vocab_size:
             raise ConfigError(f"--tokenizer-name-or-path has {vocab_size} tokens, more than the "
                               f"checkpoint's embedding ({config.vocab_size} rows)")
-    try:
-        config.check_tensor_parallel(tp)
-        if train.parallel.uses_pipeline:
-            spec.check_partition(config, tp, train.parallel.pipeline, train.parallel.partition_method)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    check_layout(spec, config, tp, train.parallel.pipeline,
+                 train.parallel.partition_method if train.parallel.uses_pipeline else None)
     return CheckpointMetadata(config, hf_config, tp, train.parallel.pipeline)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from megatron.evaluation.accuracy import accuracy_report, predictions
 from megatron.evaluation.choice_rows import ChoiceRows, encode_choices
 from megatron.evaluation.examples import ChoiceExample
-from megatron.train.data_iterators import pipeline_micro_batch
+from megatron.train.data_iterators import pipeline_micro_batch, to_device
 from megatron.train.distributed import collective_device
 
 
@@ -63,7 +63,7 @@ def _log_probs(engine, batches: list[dict[str, torch.Tensor]]) -> list[torch.Ten
                                      num_micro_batches=len(batches))
         finally:
             loss_fn.scoring, engine.total_loss, engine.monitor.enabled = False, None, monitor
-    return [engine({k: v.to(engine.device) for k, v in batch.items()}, score=True) for batch in batches]
+    return [engine(to_device(batch, engine.device), score=True) for batch in batches]
 
 
 @torch.no_grad()

@@ -33,6 +33,17 @@ def samples(iters: int | None, count: int | None, global_batch: int, name: str) 
     return iters * global_batch if iters else count
 
 
+def check_layout(spec, config, tp: int, pp: int, partition_method: str | None) -> None:
+    """The model `config` split over TP (heads, padded vocabulary) and, with a
+    `partition_method`, its pipeline stages over PP (each holding parameters)."""
+    try:
+        config.check_tensor_parallel(tp)
+        if partition_method is not None:
+            spec.check_partition(config, tp, pp, partition_method)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def validate(train: TrainConfig) -> None:
     """Settings of different groups that cannot work together."""
     model, par, opt = train.model, train.parallel, train.optimizer
