@@ -45,7 +45,7 @@ from megatron.train.engine import load_weights
 from megatron.train.errors import ConfigError
 from megatron.train.task_eval import ZeroShotTasks, score_pairs
 from megatron.train.validation import check_layout, data_parallel_size
-from megatron.utils.atomic_files import write_atomically
+from megatron.utils.atomic_files import atomic_file, write_atomically
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,13 +178,8 @@ def write_outputs(args, tasks: ZeroShotTasks, pair_scores: np.ndarray, baseline:
     if args.plot:
         from megatron.evaluation.plot import plot_accuracy
 
-        plot = Path(args.plot)
-        partial = plot.with_name(f".{plot.stem}.tmp-{os.getpid()}{plot.suffix}")
-        try:
+        with atomic_file(args.plot) as partial:
             plot_accuracy(report, partial, f"zero-shot accuracy of {Path(report['model']).name}", baseline)
-            os.replace(partial, plot)
-        finally:
-            partial.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,5 +48,5 @@ def plot_accuracy(report: dict, path: str | Path, title: str, baseline: dict | N
     figure.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
     figure.suptitle(title, fontsize=11)
     figure.tight_layout(rect=(0, 0.08, 1, 1))
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, format="png")
     plt.close(figure)

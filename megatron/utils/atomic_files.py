@@ -10,15 +10,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def write_atomically(path: str | os.PathLike, text: str) -> None:
-    """`path` holds `text` whole or is untouched."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary sibling path to write the file into (its name ends in `.tmp-PID`, so a
+    writer that picks a format by suffix must be told it); when the block completes it replaces
+    `path`, when the block raises it is removed and `path` is untouched."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_atomically(path: str | os.PathLike, text: str) -> None:
+    """`path` holds `text` whole or is untouched."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 @contextlib.contextmanager
