@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.finetune_runs import adam_steps, copy_as_of, finetune, preprocess_demo, scalars, tiny_model_args
+from helpers.finetune_runs import (adam_steps, copy_as_of, finetune, preprocess_demo, refused_before_start, scalars,
+                                   tiny_model_args)
 from helpers.paths import run_tool
 
 from megatron.checkpoint.layer_files import CheckpointReader
@@ -129,29 +130,30 @@ def test_layer_files_hold_exactly_megatron_deepspeeds_tensors(whole):
         assert all(isinstance(t, torch.Tensor) for t in tensors.values()), path.name
 
 
-def test_bad_folders_are_named_before_any_work(whole, tmp_path):
+def test_bad_folders_are_named_before_any_work(whole, tmp_path, capsys, monkeypatch):
     """--universal-checkpoint at a folder without a universal checkpoint, at a universal one
     without its per-parameter states, and at one of another model's shape stop before any process
     group, and so does a relaunch at another TP/PP without it; a damaged source checkpoint stops the conversion with nothing written and
     `latest_universal` as it was."""
     shutil.copytree(whole["run"], tmp_path / "plain", ignore=shutil.ignore_patterns("*_universal"))
-    failed = finetune(1, [*whole["args"], "--train-iters", "5", "--load", tmp_path / "plain", "--universal-checkpoint"],
-                      check=False)
-    assert failed.returncode != 0 and f"{tmp_path / 'plain'}: no latest_universal" in failed.stderr
+    failed = refused_before_start([*whole["args"], "--train-iters", "5", "--load", tmp_path / "plain",
+                                   "--universal-checkpoint"], capsys)
+    assert f"{tmp_path / 'plain'}: no latest_universal" in failed
     shutil.copytree(whole["run"], tmp_path / "broken")
     shutil.rmtree(tmp_path / "broken" / "global_step4_universal" / "zero")
-    failed = finetune(1, [*whole["args"], "--train-iters", "5", "--load", tmp_path / "broken", "--universal-checkpoint"],
-                      check=False)
-    assert failed.returncode != 0 and "is not a complete universal checkpoint: no zero/" in failed.stderr
+    failed = refused_before_start([*whole["args"], "--train-iters", "5", "--load", tmp_path / "broken",
+                                   "--universal-checkpoint"], capsys)
+    assert "is not a complete universal checkpoint: no zero/" in failed
     shutil.copytree(whole["run"], tmp_path / "other_model")
     meta = json.loads((tmp_path / "other_model" / "bloom_config.json").read_text())
     meta["model"]["hidden_size"] = 64  # the folder's model is not the one its universal checkpoint holds
     (tmp_path / "other_model" / "bloom_config.json").write_text(json.dumps(meta))
-    failed = finetune(1, [*whole["args"], "--hidden-size", "64", "--train-iters", "5", "--load", tmp_path / "other_model",
-                          "--universal-checkpoint"], check=False)
-    assert failed.returncode != 0 and "word_embeddings.weight has shape (1024, 32), the model (1024, 64)" in failed.stderr
-    moved = finetune(2, [*whole["args"], *PP2, "--train-iters", "9", "--save", tmp_path / "plain"], check=False)
-    assert moved.returncode != 0 and "was saved at TP 2 x PP 2, this run is TP 1 x PP 2" in moved.stderr
+    failed = refused_before_start([*whole["args"], "--hidden-size", "64", "--train-iters", "5", "--load",
+                                   tmp_path / "other_model", "--universal-checkpoint"], capsys)
+    assert "word_embeddings.weight has shape (1024, 32), the model (1024, 64)" in failed
+    monkeypatch.setenv("WORLD_SIZE", "2")  # the relaunch's two processes, as torchrun would say
+    moved = refused_before_start([*whole["args"], *PP2, "--train-iters", "9", "--save", tmp_path / "plain"], capsys)
+    assert "was saved at TP 2 x PP 2, this run is TP 1 x PP 2" in moved
     shard = next((tmp_path / "plain" / "global_step8").glob("zero_pp_rank_*_optim_states.pt"))
     shard.write_bytes(shard.read_bytes()[:100])
     result = run_tool(TO_UNIVERSAL, "--checkpoint-dir", tmp_path / "plain", check=False)

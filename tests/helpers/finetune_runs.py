@@ -137,6 +137,17 @@ def finetune(nprocs: int, args: list, check: bool = True, timeout: float = 600, 
     return result
 
 
+def refused_before_start(args: list, capsys) -> str:
+    """`finetune_xp3.main` in this process, for flags or folders that must stop it before any
+    process group exists (exit status 2, a ConfigError): what it printed to stderr. A new
+    interpreter per refusal would only add imports."""
+    import finetune_xp3
+
+    capsys.readouterr()
+    assert finetune_xp3.main(list(map(str, args))) == 2
+    return capsys.readouterr().err
+
+
 def final_weights(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of the layer files of `folder`'s latest checkpoint, by file and name."""
     tag = folder / (folder / "latest").read_text()

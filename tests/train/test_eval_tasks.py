@@ -10,7 +10,7 @@ import json
 import random
 
 import pytest
-from helpers.finetune_runs import finetune, scalars
+from helpers.finetune_runs import finetune, refused_before_start, scalars
 from helpers.paths import run_tool, run_tool_in_process
 from transformers import BloomForCausalLM
 
@@ -99,13 +99,11 @@ def test_a_tiny_model_learns_and_climbs_from_chance_on_two_pipeline_stages(demo_
 
 
 def test_a_bad_tasks_file_stops_the_launch_naming_its_line(demo_dir, task, tmp_path, capsys):
-    import finetune_xp3
-
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(json.dumps({"id": "a", "dataset": "d", "language": "fr", "prompt": "p", "inputs": "x",
                                  "choices": ["only"], "label": 0}) + "\n")
-    assert finetune_xp3.main(list(map(str, _flags(demo_dir, task, tasks)))) == 2
-    assert f"error: --eval-tasks {tasks}:1: choices must be a list of at least two strings" in capsys.readouterr().err
-    flags = [str(f) for f in _flags(demo_dir, task, tasks) if f not in ("--eval-tasks", tasks)]
-    assert finetune_xp3.main([*flags, "--eval-tasks-interval", "5"]) == 2
-    assert "--eval-tasks-interval and --eval-tasks-length-normalize need --eval-tasks" in capsys.readouterr().err
+    refused = refused_before_start(_flags(demo_dir, task, tasks), capsys)
+    assert f"error: --eval-tasks {tasks}:1: choices must be a list of at least two strings" in refused
+    flags = [f for f in _flags(demo_dir, task, tasks) if f not in ("--eval-tasks", tasks)]
+    refused = refused_before_start([*flags, "--eval-tasks-interval", "5"], capsys)
+    assert "--eval-tasks-interval and --eval-tasks-length-normalize need --eval-tasks" in refused
