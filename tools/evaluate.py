@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer-name-or-path", required=True)
     parser.add_argument("--length-normalize", action="store_true",
                         help="score a choice by its mean token log-probability (default: the sum, t-zero's rule)")
+    parser.add_argument("--prepend-bos", action="store_true",
+                        help="put the tokenizer's BOS token before each example's inputs, as data preprocessed "
+                             "with --prepend-bos inputs have it (Llama 3); --hf-dir gets the same tokens")
     parser.add_argument("--seq-length", type=int, default=2048, help="tokens per packed row")
     parser.add_argument("--micro-batch-size", type=int, default=4,
                         help="packed rows per forward pass (with --hf-dir: pairs per forward pass)")
@@ -158,10 +161,12 @@ def write_outputs(args, tasks: ZeroShotTasks, pair_scores: np.ndarray, baseline:
     results = tasks.results(pair_scores)
     report = {"model": args.checkpoint_dir or args.hf_dir, "tasks": args.tasks,
               "scoring": "mean log-probability" if args.length_normalize else "summed log-probability",
-              "seq_length": args.seq_length, "truncated_pairs": tasks.encoded.truncated_pairs, **results.report}
+              "tokenization": tasks.encoded.tokenization, "seq_length": args.seq_length,
+              "truncated_pairs": tasks.encoded.truncated_pairs, **results.report}
     print(format_table(report, baseline))
     print(f"average over datasets: {report['average']:.4f} ({report['examples']} examples, "
           f"{tasks.encoded.num_pairs} choices in {len(tasks.rows)} rows; {report['scoring']})")
+    print(f"tokenization: {report['tokenization']}")
     if tasks.encoded.truncated_pairs:
         print(f"note: {tasks.encoded.truncated_pairs} (inputs, choice) pairs longer than --seq-length "
               f"{args.seq_length} kept their last input tokens")
@@ -186,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         tokenizer = HFTokenizer(args.tokenizer_name_or_path)
-        tasks = ZeroShotTasks(read_examples(args.tasks), tokenizer, args.seq_length, args.length_normalize)
+        tasks = ZeroShotTasks(read_examples(args.tasks), tokenizer, args.seq_length, args.length_normalize,
+                              prepend_bos=args.prepend_bos)
         if args.plot and importlib.util.find_spec("matplotlib") is None:
             raise ConfigError("--plot needs matplotlib: pip install -e '.[plot]'")
         baseline = read_baseline(args.baseline)

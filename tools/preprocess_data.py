@@ -5,6 +5,8 @@ xP3 use, one pass writing both datasets:
     python tools/preprocess_data.py --input data/xp3_fr.jsonl --json-keys inputs targets \\
         --prepend-space targets --append-eod targets \\
         --tokenizer-name-or-path bigscience/tokenizer-folder --output-prefix out/xp3_fr --workers 8
+
+For a tokenizer that expects its BOS token (Llama 3), add `--prepend-bos inputs`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--prepend-space", nargs="*", metavar="KEY",
                        help="prepend a space before tokenizing; alone: to every key, "
                             "with keys: to those only (xP3: --prepend-space targets)")
+    group.add_argument("--prepend-bos", nargs="*", metavar="KEY",
+                       help="put the tokenizer's beginning-of-sequence token first; alone: in every key, "
+                            "with keys: in those only (xP3 for Llama 3: --prepend-bos inputs)")
     group = parser.add_argument_group("output")
     group.add_argument("--output-prefix", required=True,
                        help="writes {prefix}_{key}_document.bin/.idx per key")
@@ -51,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--workers must be at least 1")
     if len(set(args.json_keys)) != len(args.json_keys):
         parser.error(f"--json-keys names a key twice: {args.json_keys}")
-    for flag in ("append_eod", "prepend_space"):
+    for flag in ("append_eod", "prepend_space", "prepend_bos"):
         unknown = set(getattr(args, flag) or []) - set(args.json_keys)
         if unknown:
             parser.error(f"--{flag.replace('_', '-')} names {sorted(unknown)}, "
@@ -65,7 +70,8 @@ def applies_to(selection: list[str] | None, key: str) -> bool:
 
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
-    keys = [KeySpec(key, applies_to(args.prepend_space, key), applies_to(args.append_eod, key))
+    keys = [KeySpec(key, applies_to(args.prepend_space, key), applies_to(args.append_eod, key),
+                    applies_to(args.prepend_bos, key))
             for key in args.json_keys]
     return PreprocessConfig(inputs=args.input, keys=keys, tokenizer=args.tokenizer_name_or_path,
                             output_prefix=args.output_prefix, workers=args.workers,

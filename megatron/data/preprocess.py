@@ -31,11 +31,13 @@ BATCH_LINES = 1024
 
 @dataclass(frozen=True)
 class KeySpec:
-    """One json key to tokenize, and how: a leading space and/or an end-of-document token."""
+    """One json key to tokenize, and how: a leading space (in the text), a beginning-of-sequence
+    token first and/or an end-of-document token last (among the token ids)."""
 
     name: str
     prepend_space: bool = False
     append_eod: bool = False
+    prepend_bos: bool = False
 
 
 @dataclass
@@ -133,12 +135,10 @@ class BatchEncoder:
         bad_rows.sort()
 
         tokens, lengths = {}, {}
-        eod = self.tokenizer.eod
         for key, ids in zip(self.keys, ids_per_key):
-            kept = [row_ids for row_ids, k in zip(ids, keep) if k]
-            if key.append_eod:
-                for row_ids in kept:
-                    row_ids.append(eod)
+            first = [self.tokenizer.bos] if key.prepend_bos else []
+            last = [self.tokenizer.eod] if key.append_eod else []
+            kept = [first + row_ids + last for row_ids, k in zip(ids, keep) if k]
             lengths[key.name] = np.fromiter(map(len, kept), np.int64, count=len(kept))
             tokens[key.name] = np.fromiter(
                 itertools.chain.from_iterable(kept), self.dtype, count=int(lengths[key.name].sum())
@@ -231,10 +231,15 @@ class ProgressReporter:
 
 def preprocess(config: PreprocessConfig, log=sys.stderr) -> PreprocessSummary:
     """Run the whole conversion; raises BadRowError (naming file and line) on the first bad
-    row unless `skip_bad_rows`, leaving no output behind."""
+    row unless `skip_bad_rows`, leaving no output behind, and ValueError (naming the tokenizer
+    file) before writing anything when a key asks for a BOS the tokenizer lacks."""
     start = time.perf_counter()
     files = expand_inputs(config.inputs)
-    dtype = np.dtype(best_fitting_dtype(HFTokenizer(config.tokenizer).vocab_size))
+    tokenizer = HFTokenizer(config.tokenizer)
+    bos_keys = [key.name for key in config.keys if key.prepend_bos]
+    if bos_keys:
+        tokenizer.require_bos(f"--prepend-bos {' '.join(bos_keys)}")
+    dtype = np.dtype(best_fitting_dtype(tokenizer.vocab_size))
     summary = PreprocessSummary()
     progress = ProgressReporter(summary, config.log_interval, log)
     with ExitStack() as stack:

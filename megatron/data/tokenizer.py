@@ -1,5 +1,7 @@
-"""A HF fast tokenizer loaded from a local folder or `tokenizer.json`, with the end-of-document
-token Megatron calls `eod` (the tokenizer's `eos_token`, `</s>` for BLOOM)."""
+"""A HF fast tokenizer loaded from a local folder or `tokenizer.json`, with the special token ids
+the data need: `eod` (the end-of-document token, the tokenizer's `eos_token`: `</s>` for BLOOM),
+`bos` (its beginning-of-sequence token, which `--prepend-bos` puts first: Llama 3's
+`<|begin_of_text|>`; None where it has none, as Qwen2's) and `pad` (the row filler)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,9 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 EOD_CANDIDATES = ("</s>", "<|endoftext|>", "<eos>", "<|end_of_text|>")
+# only among the special tokens: `<s>` may be an ordinary token of a byte-level vocabulary, and
+# `<|endoftext|>` (GPT-2's, Qwen2's) ends documents, it does not begin them
+BOS_CANDIDATES = ("<s>", "<|begin_of_text|>", "<bos>")
 
 
 def _special_token(config: dict, name: str) -> str | None:
@@ -19,7 +24,13 @@ def _special_token(config: dict, name: str) -> str | None:
 
 
 class HFTokenizer:
-    """Tokenizes without adding special tokens; `eod` is appended explicitly where asked."""
+    """Tokenizes without adding special tokens; `eod` and `bos` are added explicitly where asked.
+
+    `eod` and `bos` are the `eos_token` and `bos_token` that `tokenizer_config.json` or
+    `special_tokens_map.json` names, else a well-known token (`EOD_CANDIDATES`; for `bos`, a
+    special token among `BOS_CANDIDATES`). `pad` is its `pad_token`; a tokenizer without one
+    (Llama 3 and Mistral name none) pads with `eod`: padding is masked out of attention and
+    loss, so the pad id is only a filler."""
 
     def __init__(self, name_or_path: str | Path):
         path = Path(name_or_path)
@@ -32,11 +43,12 @@ class HFTokenizer:
         self.path = tokenizer_file
         self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
         folder = tokenizer_file.parent
-        eos = pad = None
+        eos = bos = pad = None
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
             if (folder / name).is_file():
                 config = json.loads((folder / name).read_text(encoding="utf-8"))
                 eos = eos or _special_token(config, "eos_token")
+                bos = bos or _special_token(config, "bos_token")
                 pad = pad or _special_token(config, "pad_token")
         vocab = self._tokenizer.get_vocab(with_added_tokens=True)
         eos = eos or next((t for t in EOD_CANDIDATES if t in vocab), None)
@@ -45,8 +57,21 @@ class HFTokenizer:
                 f"{tokenizer_file}: no end-of-document token found (set eos_token in "
                 f"tokenizer_config.json, or use a vocabulary with one of {EOD_CANDIDATES})"
             )
+        special = {t.content for t in self._tokenizer.get_added_tokens_decoder().values() if t.special}
+        bos = bos or next((t for t in BOS_CANDIDATES if t in special), None)
         self.eod = vocab[eos]
+        self.bos = vocab.get(bos)
         self.pad = vocab[pad] if pad in vocab else self.eod
+
+    def require_bos(self, purpose: str) -> int:
+        """The BOS id, or a ValueError naming this tokenizer's file and what the token was for."""
+        if self.bos is None:
+            raise ValueError(
+                f"{self.path}: no beginning-of-sequence token in this tokenizer's vocabulary for "
+                f"{purpose} (looked for: the bos_token of tokenizer_config.json or "
+                f"special_tokens_map.json, else one of {BOS_CANDIDATES} among its special tokens)"
+            )
+        return self.bos
 
     @property
     def vocab_size(self) -> int:

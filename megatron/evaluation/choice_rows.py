@@ -2,7 +2,9 @@
 choices: each choice of each example is a pair, tokenized as xP3 pairs are (the inputs as they
 are, the target as `" " + choice`, here without the end token), packed best-fit into rows of
 `seq_length + 1` tokens with our segment ids, where the loss mask marks exactly the choice
-tokens. A pair longer than a row keeps the last input tokens that fit beside its choice.
+tokens. With `prepend_bos` the inputs begin with the tokenizer's BOS token, as data preprocessed
+with `--prepend-bos inputs` do. A pair longer than a row keeps the last input tokens that fit
+beside its choice, after the BOS, which stays first.
 
 Pairs are numbered example by example, choice by choice; `ChoiceRows.choice_sums` turns a
 micro-batch's per-token log-probabilities into each pair's summed log-probability."""
@@ -30,6 +32,12 @@ class EncodedChoices:
     first_pair: np.ndarray  # example e's pairs are first_pair[e] .. first_pair[e + 1] - 1
     truncated_pairs: int  # pairs whose inputs lost tokens on the left
     config: PackingConfig  # the rows they are cut for
+    bos: int | None  # the token id first in every pair's inputs, or None
+
+    @property
+    def tokenization(self) -> str:
+        """The rule the inputs were tokenized by, in words (for reports)."""
+        return "no BOS" if self.bos is None else f"BOS before inputs (id {self.bos})"
 
     @property
     def num_pairs(self) -> int:
@@ -40,9 +48,13 @@ class EncodedChoices:
         return np.array([len(c) for c in self.choices], np.int64)
 
 
-def encode_choices(examples: Sequence[ChoiceExample], tokenizer, seq_length: int) -> EncodedChoices:
-    """Tokenize every (inputs, choice) pair for rows of `seq_length + 1` tokens."""
-    input_ids = tokenizer.encode_batch([e.inputs for e in examples])
+def encode_choices(examples: Sequence[ChoiceExample], tokenizer, seq_length: int,
+                   prepend_bos: bool = False) -> EncodedChoices:
+    """Tokenize every (inputs, choice) pair for rows of `seq_length + 1` tokens, the inputs after
+    the tokenizer's BOS token with `prepend_bos` (a ValueError naming the tokenizer file where it
+    has none)."""
+    bos = [tokenizer.require_bos("the start of each example's inputs")] if prepend_bos else []
+    input_ids = [bos + ids for ids in tokenizer.encode_batch([e.inputs for e in examples])]
     counts = np.array([len(e.choices) for e in examples], np.int64)
     first_pair = np.concatenate([[0], np.cumsum(counts)])
     example_of_pair = np.repeat(np.arange(len(examples)), counts)
@@ -56,9 +68,11 @@ def encode_choices(examples: Sequence[ChoiceExample], tokenizer, seq_length: int
         raise ExampleError(f"{example.where or example.id}: choice {pair - first_pair[example_of_pair[pair]]} has "
                            f"{choice_sizes[pair]} tokens, no room for its inputs in a row of {config.capacity} "
                            "(raise --seq-length)")
-    inputs = [np.asarray(input_ids[e][len(input_ids[e]) - keep:], np.int64) for e, keep in zip(example_of_pair, kept)]
+    # the last `keep` input tokens, except that a BOS stays first: the tokens after it are cut
+    inputs = [np.asarray(bos + input_ids[e][len(bos) + size - keep:], np.int64)
+              for e, size, keep in zip(example_of_pair, input_sizes, kept)]
     return EncodedChoices(inputs, [np.asarray(c, np.int64) for c in choice_ids], first_pair,
-                          int((kept < input_sizes).sum()), config)
+                          int((kept < input_sizes).sum()), config, bos[0] if bos else None)
 
 
 class ChoiceRows:

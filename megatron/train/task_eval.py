@@ -34,11 +34,13 @@ class TaskResults:
 
 
 class ZeroShotTasks:
-    """Examples tokenized and packed once, for rows of `seq_length + 1` tokens."""
+    """Examples tokenized and packed once, for rows of `seq_length + 1` tokens; with `prepend_bos`
+    each example's inputs begin with the tokenizer's BOS token (`encode_choices`)."""
 
-    def __init__(self, examples: Sequence[ChoiceExample], tokenizer, seq_length: int, length_normalize: bool):
+    def __init__(self, examples: Sequence[ChoiceExample], tokenizer, seq_length: int, length_normalize: bool,
+                 *, prepend_bos: bool = False):
         self.examples = list(examples)
-        self.encoded = encode_choices(self.examples, tokenizer, seq_length)
+        self.encoded = encode_choices(self.examples, tokenizer, seq_length, prepend_bos)
         self.rows = ChoiceRows(self.encoded, tokenizer.pad)
         self.length_normalize = length_normalize
 

@@ -1,6 +1,7 @@
 """`tools/preprocess_data.py` end to end: xP3 inputs/targets, per-key flags, worker-count
 independence, input forms, and every kind of bad row (an error naming file and line, or a count
-with --skip-bad-rows) without partial output."""
+with --skip-bad-rows) without partial output; the special tokens of tokenizers of other families
+(Llama 3, Qwen2) and `--prepend-bos`."""
 
 from __future__ import annotations
 
@@ -18,16 +19,31 @@ from megatron.data.indexed_dataset import IndexedDataset
 from megatron.data.preprocess import KeySpec, PreprocessConfig
 from megatron.data.preprocess import preprocess as run_preprocess
 from megatron.data.tokenizer import HFTokenizer
+from synthetic.tokenizer_training import train_bpe_tokenizer
+
+FAMILY_SPECIAL_TOKENS = {
+    "llama3": {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},  # no pad token
+    "qwen2": {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},  # no BOS
+}
 
 
-def preprocess(demo_dir: Path, inputs, prefix: Path, *extra: str, check: bool = True):
+def preprocess(demo_dir: Path, inputs, prefix: Path, *extra: str, check: bool = True, tokenizer: Path | None = None):
     inputs = inputs if isinstance(inputs, list) else [inputs]
     return run_tool(
         "preprocess_data.py", "--input", *inputs, "--json-keys", "inputs", "targets",
         "--prepend-space", "targets", "--append-eod", "targets",
-        "--tokenizer-name-or-path", demo_dir / "tokenizer", "--output-prefix", prefix,
+        "--tokenizer-name-or-path", tokenizer or demo_dir / "tokenizer", "--output-prefix", prefix,
         "--log-interval", "1000", *extra, check=check,
     )
+
+
+@pytest.fixture(scope="module")
+def family_tokenizers(demo_dir, tmp_path_factory) -> dict[str, Path]:
+    """Tokenizer folders trained on the demo corpus with the special tokens of Llama 3 and Qwen2."""
+    folder = tmp_path_factory.mktemp("families")
+    texts = (demo_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    return {name: train_bpe_tokenizer(texts, folder / name, vocab_size=1024, special_tokens=special)
+            for name, special in FAMILY_SPECIAL_TOKENS.items()}
 
 
 def read_pairs(prefix: Path) -> tuple[IndexedDataset, IndexedDataset]:
@@ -114,6 +130,45 @@ def test_plain_text_key_with_eod_everywhere(demo_dir, tmp_path):
     assert text[3].tolist() == tokenizer.encode("document number 3") + [tokenizer.eod]
 
 
+def test_bos_and_pad_of_each_family(demo_dir, family_tokenizers, tmp_path):
+    """BOS from the tokenizer config, else a well-known special token (a bare tokenizer.json);
+    none for Qwen2, whose `<|endoftext|>` is no BOS; the end token pads where there is no pad."""
+    bloom = HFTokenizer(demo_dir / "tokenizer")
+    assert (bloom.bos, bloom.eod, bloom.pad) == (1, 2, 3)
+    llama = HFTokenizer(family_tokenizers["llama3"])
+    assert (llama.bos, llama.eod, llama.pad) == (0, 1, 1)
+    bare = tmp_path / "tokenizer.json"
+    shutil.copy(family_tokenizers["llama3"] / "tokenizer.json", bare)
+    bare_llama = HFTokenizer(bare)
+    assert (bare_llama.bos, bare_llama.eod) == (0, 1)
+    qwen = HFTokenizer(family_tokenizers["qwen2"])
+    assert (qwen.bos, qwen.eod, qwen.pad) == (None, 0, 0)
+
+
+def test_prepend_bos_on_inputs_only(demo_dir, family_tokenizers, tmp_path):
+    """Llama 3's xP3: the BOS first in every input document; targets as without the flag."""
+    folder = family_tokenizers["llama3"]
+    preprocess(demo_dir, demo_dir / "valid.jsonl", tmp_path / "bos", "--prepend-bos", "inputs", tokenizer=folder)
+    tokenizer = HFTokenizer(folder)
+    rows = [json.loads(line) for line in (demo_dir / "valid.jsonl").read_text().splitlines()]
+    inputs, targets = read_pairs(tmp_path / "bos")
+    assert len(inputs) == len(targets) == len(rows) == 200
+    for i in (0, 1, 199):
+        assert inputs[i].tolist() == [tokenizer.bos] + tokenizer.encode(rows[i]["inputs"])
+        assert targets[i].tolist() == tokenizer.encode(" " + rows[i]["targets"]) + [tokenizer.eod]
+
+
+def test_prepend_bos_without_a_bos_is_refused_before_any_output(demo_dir, family_tokenizers, tmp_path):
+    out = tmp_path / "out"
+    result = preprocess(demo_dir, demo_dir / "valid.jsonl", out / "xp3", "--prepend-bos",
+                        tokenizer=family_tokenizers["qwen2"], check=False)
+    assert result.returncode == 1
+    assert (f"{family_tokenizers['qwen2'] / 'tokenizer.json'}: no beginning-of-sequence token in this "
+            "tokenizer's vocabulary for --prepend-bos inputs targets") in result.stderr
+    assert "no output written" in result.stderr
+    assert not out.exists() or outputs_of(out) == []
+
+
 BAD_ROWS = {
     "malformed JSON": b'{"inputs": "a", "targets": \n',
     "missing key": b'{"inputs": "only inputs here"}\n',
@@ -174,6 +229,7 @@ def test_failed_run_keeps_the_previous_complete_output(demo_dir, tmp_path):
     "args, message",
     [
         (["--append-eod", "labels"], "--append-eod names ['labels']"),
+        (["--prepend-bos", "inputs", "labels"], "--prepend-bos names ['labels']"),
         (["--workers", "0"], "--workers must be at least 1"),
     ],
 )

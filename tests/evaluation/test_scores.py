@@ -3,7 +3,8 @@ at DP=2 x TP=2 and at TP=2 x PP=2 (gloo, torchrun: choices packed into rows, spl
 data-parallel ranks, through every pipeline stage) and on the HF folder (`--hf-dir`) gives per
 example the scores this test computes itself with `BloomForCausalLM`, one (inputs, choice) pair at
 a time, within 1e-5 in fp32: summed and length-normalised, choices of different token lengths,
-inputs cut on the left to fit a row."""
+inputs cut on the left to fit a row; with `--prepend-bos` (`--hf-dir`), the BOS first in every
+pair's inputs, also where they are cut, and the rule in the report."""
 
 from __future__ import annotations
 
@@ -41,18 +42,25 @@ def setup(demo_dir, tmp_path_factory):
     return folder, model, tokenizer, examples, tasks
 
 
-def reference_scores(model, tokenizer: HFTokenizer, example: dict, length_normalize: bool) -> list[float]:
-    """Each choice's log-probability after the inputs (the last tokens that fit a row beside it)."""
+def reference_scores(model, tokenizer: HFTokenizer, example: dict, length_normalize: bool,
+                     bos: tuple[int, ...] = ()) -> list[float]:
+    """Each choice's log-probability after `bos` and the inputs (the last tokens that fit a row
+    beside them)."""
     scores = []
     for choice in example["choices"]:
         choice_ids = tokenizer.encode(" " + choice)
-        input_ids = tokenizer.encode(example["inputs"])[-(SEQ_LENGTH + 1 - len(choice_ids)):]
+        input_ids = [*bos, *tokenizer.encode(example["inputs"])[-(SEQ_LENGTH + 1 - len(choice_ids) - len(bos)):]]
         with torch.no_grad():
             logits = model(torch.tensor([input_ids + choice_ids])).logits[0].double()
         log_probs = torch.log_softmax(logits, dim=-1)
         total = sum(float(log_probs[len(input_ids) - 1 + k, token]) for k, token in enumerate(choice_ids))
         scores.append(total / len(choice_ids) if length_normalize else total)
     return scores
+
+
+def common_args(demo_dir, tasks) -> list:
+    return ["--tasks", tasks, "--tokenizer-name-or-path", demo_dir / "tokenizer", "--seq-length", SEQ_LENGTH,
+            "--micro-batch-size", "2"]
 
 
 def _check(output, examples, expected_scores):
@@ -72,8 +80,7 @@ def test_scores_at_dp2_tp2_and_tp2_pp2_equal_transformers(setup, demo_dir, tmp_p
                 for normalize in (False, True)}
     lengths = [len({len(tokenizer.encode(" " + c)) for c in e["choices"]}) for e in examples]
     assert max(lengths) > 1  # some examples' choices differ in token count
-    common = ["--tasks", tasks, "--tokenizer-name-or-path", demo_dir / "tokenizer", "--seq-length", SEQ_LENGTH,
-              "--micro-batch-size", "2"]
+    common = common_args(demo_dir, tasks)
     runs = {
         "dp2_tp2": ([], ["--tensor-model-parallel-size", "2"]),
         "tp2_pp2_normalized": (["--length-normalize"],
@@ -92,7 +99,21 @@ def test_scores_at_dp2_tp2_and_tp2_pp2_equal_transformers(setup, demo_dir, tmp_p
         assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((tmp_path / "dp2_tp2.json").read_text())
     assert report["examples"] == len(examples) and report["scoring"] == "summed log-probability"
+    assert report["tokenization"] == "no BOS"
 
     run_tool_in_process("evaluate.py", *common, "--length-normalize", "--hf-dir", folder / "hf",
                         "--per-example-output", tmp_path / "hf.jsonl")
     _check(tmp_path / "hf.jsonl", examples, expected[True])
+
+
+def test_hf_dir_with_prepend_bos_scores_after_the_bos_and_says_so(setup, demo_dir, tmp_path):
+    folder, model, tokenizer, examples, tasks = setup
+    result = run_tool_in_process("evaluate.py", *common_args(demo_dir, tasks), "--prepend-bos", "--hf-dir",
+                                 folder / "hf", "--per-example-output", tmp_path / "hf.jsonl",
+                                 "--output-json", tmp_path / "hf.json")
+    _check(tmp_path / "hf.jsonl", examples,
+           [reference_scores(model, tokenizer, e, False, bos=(tokenizer.bos,)) for e in examples])
+    rule = f"BOS before inputs (id {tokenizer.bos})"
+    assert f"tokenization: {rule}" in result.stdout
+    assert "pairs longer than --seq-length 64 kept their last input tokens" in result.stdout
+    assert json.loads((tmp_path / "hf.json").read_text())["tokenization"] == rule

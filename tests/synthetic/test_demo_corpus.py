@@ -37,6 +37,7 @@ def test_tokenizer_folder_loads_in_transformers(demo_dir):
     ours = HFTokenizer(demo_dir / "tokenizer")
     theirs = AutoTokenizer.from_pretrained(demo_dir / "tokenizer")
     assert ours.eod == theirs.eos_token_id == 2 and ours.pad == theirs.pad_token_id == 3
+    assert ours.bos == theirs.bos_token_id == 1
     row = json.loads((demo_dir / "valid.jsonl").read_text().splitlines()[0])
     assert ours.encode(row["inputs"]) == theirs(row["inputs"], add_special_tokens=False)["input_ids"]
     assert ours.decode(ours.encode(row["inputs"])) == row["inputs"]
