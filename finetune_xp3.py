@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Multitask finetuning of BLOOM on packed xP3 data (BLOOM -> BLOOMZ) with tensor (Megatron),
-pipeline (DeepSpeed PipelineModule) and data (ZeRO) parallelism. Launch with `torchrun` or the
-`deepspeed` launcher; gloo on CPU, NCCL on GPUs. Flags are Megatron's (see the README):
+"""Multitask finetuning on packed xP3 data (BLOOM -> BLOOMZ, and the same recipe for the Llama
+family: Llama 3.x, Qwen2.5, Mistral) with tensor (Megatron), pipeline (DeepSpeed PipelineModule)
+and data (ZeRO) parallelism. The family comes from `--load`'s checkpoint, or for a random model
+from Megatron's architecture flags. Launch with `torchrun` or the `deepspeed` launcher; gloo on
+CPU, NCCL on GPUs. Flags are Megatron's (see the README):
 
     torchrun --nproc-per-node 2 finetune_xp3.py --tensor-model-parallel-size 2 \\
         --load checkpoints/bloom-560m-tp2 --save checkpoints/bloomz-560m \\
@@ -23,7 +25,6 @@ from megatron.checkpoint.metadata import CheckpointMetadata
 from megatron.data.mtf_datasets import build_group
 from megatron.data.tokenizer import HFTokenizer
 from megatron.evaluation.examples import ExampleError, read_examples
-from megatron.models import get_model_spec
 from megatron.models.spec import ModelSpec
 from megatron.train.arguments import parse_config
 from megatron.train.checkpointing import resume
@@ -33,7 +34,7 @@ from megatron.train.engine import TrainingEngine, build_module, load_weights
 from megatron.train.errors import ConfigError
 from megatron.train.heartbeat import Heartbeat
 from megatron.train.launch_plan import describe
-from megatron.train.load_plan import LoadPlan, plan_load, run_metadata
+from megatron.train.load_plan import LoadPlan, model_spec, plan_load, run_metadata
 from megatron.train.loop import NonFiniteLoss, Trainer, log
 from megatron.train.progress import TrainingProgress
 from megatron.train.task_eval import ZeroShotTasks
@@ -43,20 +44,22 @@ def prepare(argv: list[str] | None) -> tuple[TrainConfig, ModelSpec, LoadPlan, C
                                              ZeroShotTasks | None]:
     """Everything that can fail on flags or files, before any process group or model exists."""
     train = parse_config(argv)
-    spec = get_model_spec()
     try:
         tokenizer = HFTokenizer(train.model.tokenizer)
     except (FileNotFoundError, ValueError) as error:
         raise ConfigError(f"--tokenizer-name-or-path: {error}") from None
     plan = plan_load(train)
+    spec = model_spec(train, plan)
     meta = run_metadata(train, spec, plan, tokenizer.vocab_size, tokenizer.eod, tokenizer.pad)
     tasks = None
     if train.eval_tasks:
         try:
             tasks = ZeroShotTasks(read_examples(train.eval_tasks.path), tokenizer, train.data.seq_length,
-                                  train.eval_tasks.length_normalize)
+                                  train.eval_tasks.length_normalize, prepend_bos=train.eval_tasks.prepend_bos)
         except ExampleError as error:
             raise ConfigError(f"--eval-tasks {error}") from None
+        except ValueError as error:  # a tokenizer without a BOS
+            raise ConfigError(f"--eval-tasks-prepend-bos: {error}") from None
     return train, spec, plan, meta, tokenizer, tasks
 
 

@@ -10,7 +10,8 @@ One of our checkpoints, at the TP x PP the flags give, data-parallel over the ex
         --tokenizer-name-or-path bloom-560m --tasks eval_tasks/ --output-json accuracy.json \\
         --per-example-output scores.jsonl --plot accuracy.png
 
-or a HF BLOOM folder with transformers (the reference; one process): `--hf-dir bloomz-560m`.
+or a HF model folder (BLOOM or the Llama family) with transformers (the reference; one process):
+`--hf-dir bloomz-560m`.
 The choices of all examples are packed as (inputs, choice) pairs into rows of --seq-length, so one
 forward pass scores many of them.
 """
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tasks", required=True, metavar="FILE_OR_DIR", help="multiple-choice examples (jsonl)")
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint-dir", help="one of our checkpoints (the tag 'latest' names)")
-    model.add_argument("--hf-dir", help="a HF BLOOM folder, scored with transformers")
+    model.add_argument("--hf-dir", help="a HF model folder, scored with transformers (AutoModelForCausalLM)")
     parser.add_argument("--tokenizer-name-or-path", required=True)
     parser.add_argument("--length-normalize", action="store_true",
                         help="score a choice by its mean token log-probability (default: the sum, t-zero's rule)")
@@ -88,13 +89,13 @@ def _precision(args) -> torch.dtype:
 
 
 def hf_pair_scores(folder: str, encoded: EncodedChoices, micro: int, dtype: torch.dtype) -> np.ndarray:
-    """Every pair's summed log-probability under transformers' BLOOM, pairs unpacked (right-padded
+    """Every pair's summed log-probability under transformers' model, pairs unpacked (right-padded
     batches of `micro` pairs)."""
-    from transformers import BloomForCausalLM
+    from transformers import AutoModelForCausalLM
     from tqdm import tqdm
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = BloomForCausalLM.from_pretrained(folder, attn_implementation="eager", dtype=dtype).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", dtype=dtype).to(device).eval()
     sums = np.zeros(encoded.num_pairs)
     for start in tqdm(range(0, encoded.num_pairs, micro), desc="scoring", unit="batch"):
         pairs = range(start, min(start + micro, encoded.num_pairs))
@@ -117,22 +118,28 @@ def hf_pair_scores(folder: str, encoded: EncodedChoices, micro: int, dtype: torc
 def checkpoint_pair_scores(args, tasks: ZeroShotTasks, vocab_size: int) -> np.ndarray:
     """Every pair's summed log-probability under our checkpoint at TP x PP x DP (this process's
     part; all ranks return all of them)."""
-    spec = get_model_spec()
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     dp = data_parallel_size(int(os.environ.get("WORLD_SIZE", "1")), tp, pp)
     try:
-        meta = read_metadata(args.checkpoint_dir, spec.config_class)
+        meta = read_metadata(args.checkpoint_dir)
+        spec = get_model_spec(meta.family)
         reader = CheckpointReader(args.checkpoint_dir, spec)
     except CheckpointError as error:
         raise ConfigError(f"--checkpoint-dir {error}") from None
     gpu = torch.cuda.is_available()
-    config = dataclasses.replace(meta.model, hidden_dropout=0.0, attention_dropout=0.0,
-                                 attention_backend=attention_backend(args.attention_backend, 0.0, gpu),
-                                 lm_head_loss="reference", bias_gelu_fusion=gpu, bias_dropout_fusion=gpu)
+    options = dict(hidden_dropout=0.0, attention_dropout=0.0, lm_head_loss="reference",
+                   attention_backend=attention_backend(args.attention_backend, 0.0, gpu), bias_gelu_fusion=gpu,
+                   bias_dropout_fusion=gpu)
+    fields = {f.name for f in dataclasses.fields(meta.model)}  # each family has the options it has
+    config = dataclasses.replace(meta.model, **{k: v for k, v in options.items() if k in fields})
     if vocab_size > config.vocab_size:
         raise ConfigError(f"--tokenizer-name-or-path has {vocab_size} tokens, more than the checkpoint's "
                           f"embedding ({config.vocab_size} rows)")
     check_layout(spec, config, tp, pp, args.pp_partition_method)
+    try:
+        config.check_sequence_length(args.seq_length)
+    except ValueError as error:
+        raise ConfigError(f"--checkpoint-dir {args.checkpoint_dir}: {error}") from None
     start_processes(tp, pp, args.distributed_backend, args.distributed_timeout_minutes)
     module = spec.build_pipeline(config, model_parallel_config(torch.float32, device="cpu"), dp,
                                  args.pp_partition_method, False, False)
@@ -198,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = read_baseline(args.baseline)
         if args.hf_dir:
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-                raise ConfigError("--hf-dir runs in one process (transformers' BLOOM); launch it without torchrun")
+                raise ConfigError("--hf-dir runs in one process (transformers); launch it without torchrun")
             pair_scores = hf_pair_scores(args.hf_dir, tasks.encoded, args.micro_batch_size, _precision(args))
         else:
             pair_scores = checkpoint_pair_scores(args, tasks, tokenizer.vocab_size)

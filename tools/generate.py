@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Greedy generations of one or more HF BLOOM folders for the first prompts of an xP3-style
-jsonl, side by side with the expected targets: how the CPU demo shows before/after finetuning.
+"""Greedy generations of one or more HF model folders (BLOOM or the Llama family) for the first
+prompts of an xP3-style jsonl, side by side with the expected targets: how the CPU demo shows
+before/after finetuning.
 
     python tools/generate.py --input demo/xp3_demo_valid.jsonl --num-prompts 6 \\
         --model before=demo/bloom-tiny --model after=demo/bloomz-tiny
@@ -12,7 +13,7 @@ import argparse
 import json
 
 import torch
-from transformers import BloomForCausalLM
+from transformers import AutoModelForCausalLM
 
 from megatron.data.tokenizer import HFTokenizer
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = HFTokenizer(next(iter(models.values())))
     outputs = {name: [] for name in models}
     for name, folder in models.items():
-        model = BloomForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+        model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
         for row in rows:
             prompt = torch.tensor([tokenizer.encode(row["inputs"])])
             with torch.no_grad():

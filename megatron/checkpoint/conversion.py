@@ -28,7 +28,6 @@ from megatron.utils.atomic_files import atomic_folder
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "tokenizer.model")
-HF_CONFIG_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "apply_residual_connection_post_layernorm")
 
 
 class _LayerProgress:
@@ -53,7 +52,7 @@ def convert_hf_to_megatron(hf_dir: str | Path, output_dir: str | Path, spec, tp_
     config = checkpoint.model_config(tp_size, divisible_by, pad_to)
     if pp_size < 1 or pp_size > config.num_layers:
         raise CheckpointError(f"--target-pp {pp_size}: needs 1 <= PP <= {config.num_layers} layers")
-    unknown = checkpoint.unknown_names(config.num_layers)
+    unknown = checkpoint.unknown_names(config)
     if unknown:
         raise CheckpointError(f"{hf_dir}: tensors that a {config.num_layers}-layer model does not have: {unknown[:5]}")
     output = Path(output_dir)
@@ -61,7 +60,7 @@ def convert_hf_to_megatron(hf_dir: str | Path, output_dir: str | Path, spec, tp_
     with atomic_folder(output) as tmp:
         folder = tmp / tag
         folder.mkdir()
-        progress = _LayerProgress(adapter.parameter_layers(config.num_layers), "HF -> ours")
+        progress = _LayerProgress(adapter.parameter_layers(config.num_layers, config.tie_word_embeddings), "HF -> ours")
         for layer in progress:
             shards = [{} for _ in range(tp_size)]
             tensors = checkpoint.layer(layer, config)
@@ -71,9 +70,9 @@ def convert_hf_to_megatron(hf_dir: str | Path, output_dir: str | Path, spec, tp_
             progress.add(tensors.values())
             for rank, shard in enumerate(shards):
                 save_layer(folder, layer, rank, shard)
-                if layer == adapter.EMBEDDING_LAYER:  # the tied LM head is saved as its own layer too
+                if layer == adapter.EMBEDDING_LAYER and config.tie_word_embeddings:  # the tied LM head: saved as its own layer too
                     save_layer(folder, adapter.lm_head_layer(config.num_layers), rank, shard)
-        meta = CheckpointMetadata(config, checkpoint.config.to_dict(), tp_size, pp_size)
+        meta = CheckpointMetadata(config, checkpoint.config.to_dict(), tp_size, pp_size, spec.name)
         write_model_states(folder, meta)
         write_metadata(tmp, meta)
         write_latest(tmp, tag)
@@ -81,15 +80,15 @@ def convert_hf_to_megatron(hf_dir: str | Path, output_dir: str | Path, spec, tp_
 
 
 def _hf_tensors(checkpoint: CheckpointReader, hf_vocab: int) -> Iterator[tuple[str, torch.Tensor]]:
-    adapter, num_layers = checkpoint.adapter, checkpoint.config.num_layers
-    progress = _LayerProgress(adapter.parameter_layers(num_layers), "ours -> HF")
+    adapter, config = checkpoint.adapter, checkpoint.config
+    progress = _LayerProgress(adapter.parameter_layers(config.num_layers, config.tie_word_embeddings), "ours -> HF")
     for layer in progress:
         tensors = checkpoint.layer(layer)
         progress.add(tensors.values())
-        for local, tensor in tensors.items():
-            if local == "word_embeddings.weight":
-                tensor = tensor[:hf_vocab].contiguous()
-            yield adapter.layer_to_hf(layer, local, num_layers), tensor
+        for local in adapter.VOCAB_TENSORS:  # the vocabulary padding dropped
+            if local in tensors:
+                tensors[local] = tensors[local][:hf_vocab].contiguous()
+        yield from adapter.to_hf_layer(layer, tensors, config).items()
 
 
 def convert_megatron_to_hf(input_dir: str | Path, output_dir: str | Path, spec, tokenizer_dir: str | Path | None = None,
@@ -108,10 +107,10 @@ def convert_megatron_to_hf(input_dir: str | Path, output_dir: str | Path, spec, 
             dtype = dtype or tensor.dtype
         shards.append(_save_shard(tmp, len(shards), shard))
         _name_shards(tmp, shards)
-        hf_config = checkpoint.config.to_hf(hf_vocab, **{
-            k: v for k, v in checkpoint.hf_config.items() if k in HF_CONFIG_KEYS})
+        config = checkpoint.config
+        hf_config = config.to_hf(hf_vocab, **{k: v for k, v in checkpoint.hf_config.items() if k in config.HF_KEPT_KEYS})
         hf_config.dtype = dtype
-        hf_config.architectures = ["BloomForCausalLM"]
+        hf_config.architectures = [config.hf_architecture]
         hf_config.save_pretrained(tmp)
         if tokenizer_dir is not None:
             copied = copy_tokenizer_files(tokenizer_dir, tmp)

@@ -11,7 +11,23 @@ import torch
 from safetensors import safe_open
 
 from megatron.checkpoint.layout import CheckpointError
+from megatron.models import spec_for_hf_model_type
 from megatron.models.common.vocab import padded_vocab_size
+
+
+def spec_of_hf_folder(folder: str | Path):
+    """The model family of a HF model folder, from its `config.json`'s `model_type`."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no config.json (not a HF model folder)")
+    try:
+        model_type = json.loads(path.read_text()).get("model_type")
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a readable HF config ({error})") from None
+    try:
+        return spec_for_hf_model_type(model_type)
+    except ValueError as error:
+        raise CheckpointError(f"{path}: {error}") from None
 
 
 class HFCheckpoint:
@@ -21,6 +37,8 @@ class HFCheckpoint:
         if not (self.folder / "config.json").is_file():
             raise CheckpointError(f"{self.folder}: no config.json (not a HF model folder)")
         self.config = spec.config_class.read_hf_config(self.folder)
+        if self.config.model_type not in spec.hf_model_types:
+            raise CheckpointError(f"{self.folder}: model_type {self.config.model_type!r} is not a {spec.name} model")
         self._file_of: dict[str, Path] = {}
         for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
                                    ("pytorch_model.bin.index.json", "pytorch_model.bin")):
@@ -62,21 +80,25 @@ class HFCheckpoint:
         """Our model config for this folder at TP `tp_size`, the vocabulary padded by Megatron's
         rule."""
         vocab = padded_vocab_size(self.config.vocab_size, tp_size, divisible_by, pad_to)
-        config = self.spec.config_class.from_hf(self.config, vocab_size=vocab)
         try:
+            config = self.spec.config_class.from_hf(self.config, vocab_size=vocab)
             config.check_tensor_parallel(tp_size)
         except ValueError as error:
             raise CheckpointError(f"{self.folder}: {error}") from None
         return config
 
-    def unknown_names(self, num_layers: int) -> list[str]:
-        """Tensors the family's model of `num_layers` layers does not have."""
+    def _skipped(self, name: str, config) -> bool:
+        """A tied model's `lm_head.weight`, if the folder has it: the embeddings' weight again."""
+        return name == self.adapter.TIED_HEAD and config.tie_word_embeddings
+
+    def unknown_names(self, config) -> list[str]:
+        """Tensors the family's model `config` describes does not have."""
         unknown = []
         for name in self.names():
-            if name == self.adapter.TIED_HEAD:
+            if self._skipped(name, config):
                 continue
             try:
-                self.adapter.hf_to_layer(name, num_layers)
+                self.adapter.hf_to_layer(name, config.num_layers)
             except (KeyError, ValueError):
                 unknown.append(name)
         return unknown
@@ -85,24 +107,27 @@ class HFCheckpoint:
         """The tensors of pipeline layer `layer` of the model `config` describes, by their names
         in it, the vocabulary padded to `config`'s."""
         hf_vocab = self.config.vocab_size
-        kind = self.adapter.layer_kind(layer, config.num_layers)
+        kind = self.adapter.layer_kind(layer, config.num_layers, config.tie_word_embeddings)
         shapes = self.adapter.layer_shapes(config, kind, vocab_size=hf_vocab)
-        tensors = {}
+        theirs = {}
         for name in self.names():
-            if name == self.adapter.TIED_HEAD:
+            if self._skipped(name, config):
                 continue
             target_layer, local = self.adapter.hf_to_layer(name, config.num_layers)
-            if target_layer != layer:
-                continue
-            tensor = self.get(name)
+            if target_layer == layer:
+                theirs[local] = self.get(name)
+        try:
+            tensors = self.adapter.from_hf_layer(layer, theirs, config)
+        except KeyError as error:
+            raise CheckpointError(f"{self.folder}: layer {layer}: {error.args[0]}") from None
+        for local, tensor in tensors.items():
             expected = shapes.get(local)
             if expected is None:
-                raise CheckpointError(f"{self.folder}: {name} is not a tensor of this model")
+                raise CheckpointError(f"{self.folder}: {local} is not a tensor of this model")
             if tuple(tensor.shape) != expected:
                 raise CheckpointError(f"{self.folder}: {local} has shape {tuple(tensor.shape)}, "
                                       f"the config says {expected}")
-            if local == "word_embeddings.weight" and config.vocab_size > hf_vocab:
+            if local in self.adapter.VOCAB_TENSORS and config.vocab_size > hf_vocab:
                 padding = tensor.new_zeros(config.vocab_size - hf_vocab, tensor.shape[1])
-                tensor = torch.cat([tensor, padding])
-            tensors[local] = tensor
+                tensors[local] = torch.cat([tensor, padding])
         return tensors

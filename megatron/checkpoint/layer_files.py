@@ -40,7 +40,9 @@ class CheckpointReader:
         self.folder = Path(folder)
         self.adapter = spec.adapter
         self.tag_dir = self.folder / (tag or read_latest(self.folder))
-        meta = read_metadata(self.folder, spec.config_class)
+        meta = read_metadata(self.folder)
+        if meta.family != spec.name:
+            raise CheckpointError(f"{self.folder} holds a {meta.family} model, not {spec.name}")
         self.config, self.hf_config = meta.model, meta.hf_config
         first = self.adapter.EMBEDDING_LAYER
         ranks = sorted(int(m.group(1)) for p in self.tag_dir.glob(f"layer_{first:02d}-model_*")

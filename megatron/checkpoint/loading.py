@@ -17,7 +17,7 @@ def load_layers_into_model(model: nn.Module, layer_tensors: LayerSource, adapter
     """Every parameter layer into the whole model (`ModelSpec.build_model`'s module)."""
     num_layers = model.config.num_layers
     state = {}
-    for layer in adapter.parameter_layers(num_layers):
+    for layer in adapter.parameter_layers(num_layers, model.config.tie_word_embeddings):
         for local, tensor in layer_tensors(layer).items():
             state[adapter.layer_to_plain_name(layer, local, num_layers)] = \
                 adapter.split_for_tp(local, tensor, tp_size)[tp_rank]
@@ -34,8 +34,8 @@ def _stage_modules(module) -> Iterator[tuple[int, nn.Module]]:
 
 
 def load_layers_into_pipeline(module, layer_tensors: LayerSource, adapter, tp_rank: int, tp_size: int) -> None:
-    """This stage's own layers, and the tied embedding (on the last stage too, where it is the
-    LM head)."""
+    """This stage's own layers, and a tied embedding (on the last stage too, where it is the LM
+    head)."""
 
     def load(layer_module: nn.Module, layer: int) -> None:
         layer_module.load_state_dict(

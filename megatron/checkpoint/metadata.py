@@ -1,7 +1,9 @@
-"""`bloom_config.json`, the metadata of every checkpoint of ours: the model config (shape and
-options), the HF config it exports to, and the TP/PP layout it was written at. One writer
-(`write_metadata`) and one reader (`read_metadata`); the same dict is kept in each model-states
-file under `bloom`."""
+"""`bloom_config.json` (the name it had when BLOOM was the only family; kept so older checkpoints
+and tools read it), the metadata of every checkpoint of ours: the model family, its model config
+(shape and options), the HF config it exports to, and the TP/PP layout it was written at. One
+writer (`write_metadata`) and one reader (`read_metadata`, which finds the family's config class
+in the registry; checkpoints from before families were recorded are BLOOM's); the same dict is
+kept in each model-states file under `bloom`."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 import torch
 
 from megatron.checkpoint.layout import CheckpointError, model_states_file
+from megatron.models import get_model_spec
 from megatron.utils.atomic_files import write_atomically
 
 MODEL_CONFIG_FILE = "bloom_config.json"
@@ -24,9 +27,10 @@ class CheckpointMetadata:
     hf_config: dict
     tensor_model_parallel_size: int
     pipeline_model_parallel_size: int
+    family: str  # the registry's name of the model family (`megatron.models.FAMILIES`)
 
     def to_json(self) -> dict:
-        return {"model": dataclasses.asdict(self.model), "hf_config": self.hf_config,
+        return {"family": self.family, "model": dataclasses.asdict(self.model), "hf_config": self.hf_config,
                 "tensor_model_parallel_size": self.tensor_model_parallel_size,
                 "pipeline_model_parallel_size": self.pipeline_model_parallel_size}
 
@@ -35,14 +39,19 @@ def write_metadata(folder: str | Path, meta: CheckpointMetadata) -> None:
     write_atomically(Path(folder) / MODEL_CONFIG_FILE, json.dumps(meta.to_json(), indent=1))
 
 
-def read_metadata(folder: str | Path, config_class: type) -> CheckpointMetadata:
+def read_metadata(folder: str | Path) -> CheckpointMetadata:
     path = Path(folder) / MODEL_CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{folder}: no {MODEL_CONFIG_FILE} (not a checkpoint of this project; convert "
-                              "HF BLOOM with tools/convert_checkpoint/hf_to_megatron.py)")
+                              "a HF model with tools/convert_checkpoint/hf_to_megatron.py)")
     meta = json.loads(path.read_text())
-    return CheckpointMetadata(config_class(**meta["model"]), meta["hf_config"],
-                              meta["tensor_model_parallel_size"], meta["pipeline_model_parallel_size"])
+    family = meta.get("family", "bloom")
+    try:
+        config = get_model_spec(family).config_class(**meta["model"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a {family} model config: {error}") from None
+    return CheckpointMetadata(config, meta["hf_config"], meta["tensor_model_parallel_size"],
+                              meta["pipeline_model_parallel_size"], family)
 
 
 def write_model_states(tag_dir: Path, meta: CheckpointMetadata) -> None:

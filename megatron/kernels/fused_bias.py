@@ -1,6 +1,7 @@
-"""The elementwise tails of BLOOM's linear layers: bias + GeLU after `mlp.dense_h_to_4h`, and
-bias + dropout + residual after `self_attention.dense` and `mlp.dense_4h_to_h` (Megatron's
-`--bias-gelu-fusion` and `--bias-dropout-fusion`).
+"""The elementwise tails of the blocks' linear layers: BLOOM's bias + GeLU after
+`mlp.dense_h_to_4h`, and bias + dropout + residual after `self_attention.dense` and
+`mlp.dense_4h_to_h` (Megatron's `--bias-gelu-fusion` and `--bias-dropout-fusion`), or dropout +
+residual where the layer has added its own bias (the Llama family).
 
 Each is one plain PyTorch function, the reference that runs anywhere. `fused(function)` is the
 same function compiled by `torch.compile`: one kernel for the forward and one for the backward
@@ -27,6 +28,11 @@ def bias_dropout_add(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor
                      training: bool) -> torch.Tensor:
     """`residual + dropout(x + bias)`: a branch's output joining the residual stream."""
     return residual + F.dropout(x + bias, p, training)
+
+
+def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """`residual + dropout(x)`."""
+    return residual + F.dropout(x, p, training)
 
 
 @functools.cache

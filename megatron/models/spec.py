@@ -12,6 +12,11 @@ from types import ModuleType
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
+    # the HF `config.json` model types the converters read as this family
+    hf_model_types: tuple[str, ...]
+    # (position embedding, normalization, SwiGLU) as Megatron's flags name them: how a run from
+    # random initialisation picks the family
+    architecture: tuple[str, str, bool]
     # the frozen model config: shape and options, `from_hf`, `to_hf`, `read_hf_config`
     config_class: type
     # (config, parallel, checkpoint_activations, init_seed) -> the whole model, with `.loss(batch, norm)`

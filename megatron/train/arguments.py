@@ -14,16 +14,17 @@ import os
 import torch
 
 from megatron.data.data_config import add_data_args, data_config_from_args
+from megatron.models import spec_for_architecture
 from megatron.train import validation
-from megatron.train.config import (BatchConfig, CheckpointConfig, EvalTasksConfig, LoggingConfig, ModelConfig,
-                                   OptimizerConfig, ParallelConfig, TrainConfig)
+from megatron.train.config import (ArchitectureFlag, BatchConfig, CheckpointConfig, EvalTasksConfig, LoggingConfig,
+                                   ModelConfig, OptimizerConfig, ParallelConfig, TrainConfig)
 from megatron.train.deepspeed_config import read_deepspeed_json
 from megatron.train.errors import ConfigError
 
 
 # Flags of Megatron-DeepSpeed's BLOOMZ scripts that have nothing to do here, and why.
 ACCEPTED_ONLY = {
-    "--max-position-embeddings": "ALiBi has no learned positions; any length works",
+    "--max-position-embeddings": "no learned positions (ALiBi, RoPE): any length works",
     "--embed-layernorm": "BLOOM always has its embedding LayerNorm",
     "--deepspeed": "DeepSpeed is always the engine",
     "--deepspeed-activation-checkpointing": "--checkpoint-activations recomputes each block",
@@ -63,7 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--attention-dropout", type=float, default=0.1)
     model.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
     model.add_argument("--pad-vocab-size-to", type=int, default=None)
-    model.add_argument("--position-embedding-type", choices=["alibi"], default="alibi")
+    model.add_argument("--position-embedding-type", choices=["alibi", "rope"], default=None,
+                       help="alibi (BLOOM) or rope (with --normalization RMSNorm --swiglu: the Llama family); "
+                            "default: --load's checkpoint's, else alibi")
+    model.add_argument("--normalization", choices=["LayerNorm", "RMSNorm"], default=None)
+    model.add_argument("--swiglu", action="store_true", help="SwiGLU MLP (gate and up projections)")
+    model.add_argument("--group-query-attention", action="store_true")
+    model.add_argument("--num-query-groups", type=int, default=None,
+                       help="KV heads, with --group-query-attention (default: as many as the query heads)")
+    model.add_argument("--kv-channels", type=int, default=None, help="head size (default: hidden / heads)")
+    model.add_argument("--ffn-hidden-size", type=int, default=None,
+                       help="MLP width (default with --swiglu: int(8h/3 / 64) * 64, Megatron's rule)")
+    model.add_argument("--rotary-base", type=float, default=None, help="RoPE's theta (default 10000)")
+    model.add_argument("--use-rope-scaling", action="store_true",
+                       help="Llama 3.1's rope scaling: low/high frequency factors 1 and 4, original context 8192")
+    model.add_argument("--rope-scaling-factor", type=float, default=None,
+                       help="its factor (default 8), with --use-rope-scaling")
+    model.add_argument("--untie-embeddings-and-output-weights", action="store_true",
+                       help="an LM head of its own (default: tied to the word embeddings)")
+    model.add_argument("--disable-bias-linear", action="store_true",
+                       help="no biases in the linear layers (Megatron's default has them)")
+    model.add_argument("--add-qkv-bias", action="store_true", help="q/k/v biases even with --disable-bias-linear")
+    model.add_argument("--norm-epsilon", type=float, default=None, help="RMSNorm's epsilon (default 1e-5)")
     model.add_argument("--checkpoint-activations", action="store_true",
                        help="recompute each transformer block in the backward pass (less memory)")
     model.add_argument("--prefix-lm", action="store_true",
@@ -159,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="iterations between --eval-tasks evaluations (default: --eval-interval)")
     logging.add_argument("--eval-tasks-length-normalize", action="store_true",
                          help="score a choice by its mean token log-probability, not the sum")
+    logging.add_argument("--eval-tasks-prepend-bos", action="store_true",
+                         help="the tokenizer's BOS before each prompt's inputs, as tools/preprocess_data.py "
+                              "--prepend-bos inputs put it in the training data (Llama 3)")
     logging.add_argument("--tensorboard-dir", default=None)
     logging.add_argument("--exit-interval", type=int, default=None, help="stop after this iteration")
     logging.add_argument("--exit-duration-in-mins", type=float, default=None)
@@ -182,6 +207,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def model_family(args: argparse.Namespace) -> str | None:
+    """The family the architecture flags name (missing ones taken as BLOOM's), None without any."""
+    if args.position_embedding_type is None and args.normalization is None and not args.swiglu:
+        return None
+    try:
+        return spec_for_architecture(args.position_embedding_type or "alibi", args.normalization or "LayerNorm",
+                                     args.swiglu).name
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def architecture_flags(args: argparse.Namespace) -> tuple[ArchitectureFlag, ...]:
+    """Megatron's shape flags beyond layers, hidden size and heads, as fields of the model config.
+    Megatron's linear layers have biases unless `--disable-bias-linear`: that default is recorded
+    (not given) for a run from random initialisation of a family that has the fields."""
+    if args.num_query_groups is not None and not args.group_query_attention:
+        raise ConfigError("--num-query-groups needs --group-query-attention (Megatron's pair)")
+    if args.rope_scaling_factor is not None and not args.use_rope_scaling:
+        raise ConfigError("--rope-scaling-factor needs --use-rope-scaling")
+    valued = [("--num-query-groups", "num_kv_heads", args.num_query_groups),
+              ("--kv-channels", "head_dim", args.kv_channels),
+              ("--ffn-hidden-size", "ffn_hidden_size", args.ffn_hidden_size),
+              ("--rotary-base", "rope_theta", args.rotary_base),
+              ("--norm-epsilon", "norm_eps", args.norm_epsilon)]
+    flags = [ArchitectureFlag(flag, field, value, True) for flag, field, value in valued if value is not None]
+    if args.use_rope_scaling:
+        flags += [ArchitectureFlag("--use-rope-scaling", field, value, True) for field, value in (
+            ("rope_type", "llama3"), ("rope_factor", args.rope_scaling_factor or 8.0), ("rope_low_freq_factor", 1.0),
+            ("rope_high_freq_factor", 4.0), ("rope_original_max_positions", 8192))]
+    if args.untie_embeddings_and_output_weights:
+        flags.append(ArchitectureFlag("--untie-embeddings-and-output-weights", "tie_word_embeddings", False, True))
+    bias = not args.disable_bias_linear
+    flags += [ArchitectureFlag("--disable-bias-linear", field, bias, args.disable_bias_linear)
+              for field in ("output_bias", "mlp_bias")]
+    flags.append(ArchitectureFlag("--add-qkv-bias" if args.add_qkv_bias else "--disable-bias-linear", "qkv_bias",
+                                  bias or args.add_qkv_bias, args.disable_bias_linear or args.add_qkv_bias))
+    return tuple(flags)
+
+
 def parse_config(argv: list[str] | None = None, world_size: int | None = None) -> TrainConfig:
     """Flags -> TrainConfig, checked for a run on `world_size` processes (default: $WORLD_SIZE)."""
     args = build_parser().parse_args(argv)
@@ -196,6 +260,8 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
         raise ConfigError("give --train-iters or --train-samples")
     if args.eval_tasks is None and (args.eval_tasks_interval is not None or args.eval_tasks_length_normalize):
         raise ConfigError("--eval-tasks-interval and --eval-tasks-length-normalize need --eval-tasks FILE_OR_DIR")
+    if args.eval_tasks is None and args.eval_tasks_prepend_bos:
+        raise ConfigError("--eval-tasks-prepend-bos needs --eval-tasks FILE_OR_DIR")
     deepspeed_json = read_deepspeed_json(args.deepspeed_config)
     zero_stage = args.zero_stage if args.zero_stage is not None else int(
         deepspeed_json.get("zero_optimization", {}).get("stage", 1))
@@ -214,7 +280,8 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
             num_layers=args.num_layers, hidden_size=args.hidden_size, num_heads=args.num_attention_heads,
             init_method_std=args.init_method_std, make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
             pad_vocab_size_to=args.pad_vocab_size_to, checkpoint_activations=args.checkpoint_activations,
-            tokenizer=args.tokenizer_name_or_path, hidden_dropout=args.hidden_dropout,
+            tokenizer=args.tokenizer_name_or_path, family=model_family(args), architecture=architecture_flags(args),
+            hidden_dropout=args.hidden_dropout,
             attention_dropout=args.attention_dropout, prefix_lm=args.prefix_lm,
             attention_backend=attention_backend(args.attention_backend, args.attention_dropout, gpu),
             lm_head_loss=args.lm_head_loss if args.lm_head_loss != "auto" else ("chunked" if gpu else "reference"),
@@ -252,7 +319,7 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
         eval_tasks=None if args.eval_tasks is None else EvalTasksConfig(
             path=args.eval_tasks,
             interval=args.eval_interval if args.eval_tasks_interval is None else args.eval_tasks_interval,
-            length_normalize=args.eval_tasks_length_normalize),
+            length_normalize=args.eval_tasks_length_normalize, prepend_bos=args.eval_tasks_prepend_bos),
     )
     validation.validate(train)
     return train

@@ -4,8 +4,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 from megatron.data.data_config import DataConfig
+
+
+class ArchitectureFlag(NamedTuple):
+    """A Megatron architecture flag as a field of the family's model config: its value, and
+    whether the command line gave it (a checkpoint in `--load` must then agree) or it is
+    Megatron's default for a run from random initialisation."""
+
+    flag: str
+    field: str
+    value: object
+    given: bool
 
 
 @dataclass(frozen=True)
@@ -21,11 +33,16 @@ class ModelConfig:
     pad_vocab_size_to: int | None
     checkpoint_activations: bool
     tokenizer: str
-    # options of the model config itself (`BloomModelConfig`), whatever the model's source
+    # the family the architecture flags name (`--position-embedding-type`, `--normalization`,
+    # `--swiglu`), None when none is given; and the family's shape flags beyond the above
+    family: str | None
+    architecture: tuple[ArchitectureFlag, ...]
+    # options of the family's model config itself, whatever the model's source (a family takes
+    # those its config has)
     hidden_dropout: float
     attention_dropout: float
     prefix_lm: bool
-    attention_backend: str  # "reference" or "flex"
+    attention_backend: str  # "reference", "flex" or "triton"
     lm_head_loss: str  # "reference" or "chunked"
     bias_gelu_fusion: bool
     bias_dropout_fusion: bool
@@ -108,11 +125,12 @@ class LoggingConfig:
 @dataclass(frozen=True)
 class EvalTasksConfig:
     """Zero-shot evaluation during training (`--eval-tasks`): the multiple-choice examples' file
-    or folder, how often, and the scoring rule."""
+    or folder, how often, the scoring rule, and the tokenization rule."""
 
     path: str
     interval: int
     length_normalize: bool
+    prepend_bos: bool  # the tokenizer's BOS before each prompt's inputs, as the training data have it
 
 
 @dataclass(frozen=True)

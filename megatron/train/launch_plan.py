@@ -71,10 +71,14 @@ def _stage(train: TrainConfig, spec: ModelSpec, config, index: int, kinds: list[
     h, a, s, b = config.hidden_size, config.num_heads, train.data.seq_length, train.batch.micro
     embedding, blocks, final_norm, lm_head = ("embedding" in kinds, kinds.count("block"), "final_norm" in kinds,
                                               "lm_head" in kinds)
-    # the LM head shares the embedding's weight; a second copy lives on the last stage
+    # a tied LM head shares the embedding's weight (a second copy lives on the last stage);
+    # an untied one is a weight of its own
     count = spec.adapter.layer_parameters
-    parameters = ((embedding or lm_head) * count(config, "embedding", tp) + blocks * count(config, "block", tp)
-                  + final_norm * count(config, "final_norm", tp))
+    if config.tie_word_embeddings:
+        vocabulary = (embedding or lm_head) * count(config, "embedding", tp)
+    else:
+        vocabulary = embedding * count(config, "embedding", tp) + lm_head * count(config, "lm_head", tp)
+    parameters = vocabulary + blocks * count(config, "block", tp) + final_norm * count(config, "final_norm", tp)
     half = train.precision in ("fp16", "bf16")
     element = 2 if half else 4
     in_flight = min(train.parallel.pipeline - index, train.batch.gradient_accumulation) if train.parallel.uses_pipeline else 1
@@ -119,8 +123,10 @@ def _on(flag: bool) -> str:
 def describe(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, config) -> str:
     """The dry run's report."""
     par, batch = train.parallel, train.batch
-    total = sum(spec.adapter.layer_parameters(config, spec.adapter.layer_kind(layer, config.num_layers), 1)
-                for layer in spec.adapter.parameter_layers(config.num_layers))
+    tied = config.tie_word_embeddings
+    total = sum(spec.adapter.layer_parameters(config, spec.adapter.layer_kind(layer, config.num_layers, tied), 1)
+                for layer in spec.adapter.parameter_layers(config.num_layers, tied))
+    kv_heads = getattr(config, "num_kv_heads", config.num_heads)  # grouped-query attention's
     start = {"scratch": "random initialisation (no checkpoint in --save or --load)",
              "weights": f"the weights of {plan.folder}/{plan.tag} (fresh optimizer)",
              "resume": f"resuming {plan.folder}/{plan.tag}",
@@ -133,8 +139,11 @@ def describe(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, config) -> str
         f"= global {batch.global_batch} rows of {train.data.seq_length} tokens",
         f"training: {train.train_iters} iterations, {batch.train_samples:,} rows, "
         f"{_count(batch.train_samples * train.data.seq_length)} tokens",
-        f"model: {config.num_layers} layers, hidden {config.hidden_size}, {config.num_heads} heads, "
-        f"vocabulary {config.vocab_size}: {_count(total)} parameters",
+        f"model: {spec.name}, {config.num_layers} layers, hidden {config.hidden_size}, {config.num_heads} heads"
+        + (f" over {kv_heads} KV heads" if kv_heads != config.num_heads else "")
+        + f", vocabulary {config.vocab_size}, LM head {'tied to the embeddings' if tied else 'untied'}: "
+          f"{_count(total)} parameters; {spec.flops_per_token(config, train.data.seq_length) / 1e9:.2f} GFLOPs "
+          f"per token ({spec.flops_formula})",
         f"precision {train.precision}, ZeRO-{par.zero_stage}, attention {config.attention_backend}, "
         f"LM head loss {config.lm_head_loss}, compiled bias + GeLU {_on(config.bias_gelu_fusion)}, "
         f"bias + dropout + residual {_on(config.bias_dropout_fusion)}, "

@@ -23,9 +23,10 @@ from megatron.checkpoint.integrity import PROGRESS_FILE, newest_complete_tag, pr
 from megatron.checkpoint.layout import LATEST_UNIVERSAL, CheckpointError, has_checkpoint, read_latest
 from megatron.checkpoint.metadata import MODEL_CONFIG_FILE, CheckpointMetadata, read_metadata
 from megatron.checkpoint.universal import shape_problem
+from megatron.models import get_model_spec
 from megatron.models.common.vocab import padded_vocab_size
 from megatron.models.spec import ModelSpec
-from megatron.train.config import TrainConfig
+from megatron.train.config import ModelConfig, TrainConfig
 from megatron.train.errors import ConfigError
 from megatron.train.progress import TrainingProgress
 from megatron.train.validation import check_layout
@@ -98,24 +99,63 @@ def _complete_tag(folder: Path, flag: str, fallback: bool) -> str:
     return previous
 
 
+def model_spec(train: TrainConfig, plan: LoadPlan) -> ModelSpec:
+    """The run's model family: the checkpoint's (its metadata) when loading, where architecture
+    flags naming another family are refused; else the one they name, BLOOM without them."""
+    family = train.model.family
+    if plan.kind == "scratch":
+        return get_model_spec(family or "bloom")
+    try:
+        saved = read_metadata(plan.folder).family
+    except CheckpointError as error:
+        raise ConfigError(f"--load {error}") from None
+    if family is not None and family != saved:
+        raise ConfigError(f"--position-embedding-type, --normalization and --swiglu describe the {family} family, "
+                          f"but the checkpoint in --load {plan.folder} is a {saved} model: drop those flags")
+    return get_model_spec(saved)
+
+
+def _family_fields(spec: ModelSpec, args: ModelConfig, scratch: bool) -> dict:
+    """The options and architecture flags as fields of the family's model config: an
+    architecture flag given for a family without that field is refused; Megatron's defaults
+    (not given) go to a run from random initialisation only."""
+    names = {f.name for f in dataclasses.fields(spec.config_class)}
+    fields = {name: value for name, value in args.options().items() if name in names}
+    for flag in args.architecture:
+        if flag.field not in names:
+            if flag.given:
+                raise ConfigError(f"{flag.flag} does not apply to the {spec.name} family")
+        elif flag.given or scratch:
+            fields[flag.field] = flag.value
+    return fields
+
+
 def run_metadata(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, vocab_size: int, eod: int,
                  pad: int) -> CheckpointMetadata:
     """The model's config and the HF config it exports to, as the metadata its checkpoints will
-    carry: from the checkpoint's metadata when loading (shape flags, if given, must agree), else
-    from the flags and the tokenizer's vocabulary padded by Megatron's rule."""
+    carry: from the checkpoint's metadata when loading (shape and architecture flags, if given,
+    must agree), else from the flags and the tokenizer's vocabulary padded by Megatron's rule."""
     args = train.model
     tp = train.parallel.tensor
     if plan.kind == "scratch":
         vocab = padded_vocab_size(vocab_size, tp, args.make_vocab_size_divisible_by, args.pad_vocab_size_to)
-        config = spec.config_class(vocab, args.hidden_size, args.num_layers, args.num_heads,
-                                   init_method_std=args.init_method_std, **args.options())
+        try:
+            config = spec.config_class(vocab, args.hidden_size, args.num_layers, args.num_heads,
+                                       init_method_std=args.init_method_std, **_family_fields(spec, args, True))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         hf_config = config.to_hf(vocab_size, bos_token_id=eod, eos_token_id=eod, pad_token_id=pad).to_dict()
     else:
         try:
-            meta = read_metadata(plan.folder, spec.config_class)
+            meta = read_metadata(plan.folder)
         except CheckpointError as error:
             raise ConfigError(f"--load {error}") from None
-        config = dataclasses.replace(meta.model, **args.options())
+        given = _family_fields(spec, args, False)
+        for flag in args.architecture:
+            if flag.field in given and given[flag.field] != getattr(meta.model, flag.field):
+                raise ConfigError(f"{flag.flag} disagrees with the checkpoint in --load {plan.folder} "
+                                  f"({flag.field} = {getattr(meta.model, flag.field)!r} there, {flag.value!r} here)")
+        config = dataclasses.replace(meta.model, **given)
         hf_config = meta.hf_config
         saved_layout = (meta.tensor_model_parallel_size, meta.pipeline_model_parallel_size)
         if plan.kind == "resume" and saved_layout != (tp, train.parallel.pipeline):
@@ -143,4 +183,8 @@ def run_metadata(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, vocab_size
                               f"checkpoint's embedding ({config.vocab_size} rows)")
     check_layout(spec, config, tp, train.parallel.pipeline,
                  train.parallel.partition_method if train.parallel.uses_pipeline else None)
-    return CheckpointMetadata(config, hf_config, tp, train.parallel.pipeline)
+    try:
+        config.check_sequence_length(train.data.seq_length)
+    except ValueError as error:
+        raise ConfigError(f"the model in {plan.folder or 'the flags'}: {error}") from None
+    return CheckpointMetadata(config, hf_config, tp, train.parallel.pipeline, spec.name)

@@ -112,7 +112,7 @@ class Trainer:
             encoded = self.tasks.encoded
             log(f"zero-shot tasks {train.eval_tasks.path}: {len(self.tasks.examples)} examples, {encoded.num_pairs} "
                 f"choices packed into {len(self.tasks.rows)} rows; {encoded.truncated_pairs} (inputs, choice) pairs "
-                "longer than a row keep their last input tokens")
+                f"longer than a row keep their last input tokens; tokenization: {encoded.tokenization}")
         if progress.iteration == 0:  # the starting point: the loaded model's (or random init's)
             self._evaluations("start")
         while progress.iteration < train.train_iters:

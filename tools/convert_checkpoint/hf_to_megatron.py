@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Convert a HF BLOOM folder (config.json + safetensors or .bin, sharded or not) into our
-checkpoint at any tensor/pipeline size, to start finetuning from pretrained BLOOM:
+"""Convert a HF model folder (config.json + safetensors or .bin, sharded or not) into our
+checkpoint at any tensor/pipeline size, to start finetuning from a pretrained model. The family
+comes from config.json's `model_type`: BLOOM (`bloom`) or the Llama family (`llama`, `qwen2`,
+`mistral`); a config field whose maths is not implemented is refused by name:
 
     python tools/convert_checkpoint/hf_to_megatron.py --hf-dir bloom-560m \\
         --output-dir checkpoints/bloom-560m-tp2-pp2 --target-tp 2 --target-pp 2
@@ -13,13 +15,13 @@ import argparse
 import sys
 
 from megatron.checkpoint.conversion import convert_hf_to_megatron
+from megatron.checkpoint.hf_reader import spec_of_hf_folder
 from megatron.checkpoint.layout import CheckpointError
-from megatron.models import get_model_spec
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hf-dir", required=True, help="a local HF BLOOM folder")
+    parser.add_argument("--hf-dir", required=True, help="a local HF model folder")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--target-tp", type=int, default=1, help="tensor-parallel size")
     parser.add_argument("--target-pp", type=int, default=1, help="pipeline-parallel size")
@@ -29,12 +31,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="pad the vocabulary to exactly this size instead")
     args = parser.parse_args(argv)
     try:
-        out = convert_hf_to_megatron(args.hf_dir, args.output_dir, get_model_spec(), args.target_tp, args.target_pp,
+        spec = spec_of_hf_folder(args.hf_dir)
+        out = convert_hf_to_megatron(args.hf_dir, args.output_dir, spec, args.target_tp, args.target_pp,
                                      args.make_vocab_size_divisible_by, args.pad_vocab_size_to)
     except (CheckpointError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {out} (TP={args.target_tp}, PP={args.target_pp})")
+    print(f"wrote {out}: {spec.name} family, TP={args.target_tp}, PP={args.target_pp}")
     return 0
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Convert one of our checkpoints (any TP/PP: what training saves, or what hf_to_megatron.py
-wrote) into a HF folder that `BloomForCausalLM.from_pretrained` loads:
+wrote) into a HF folder that `AutoModelForCausalLM.from_pretrained` loads as the checkpoint's
+family's class (`BloomForCausalLM`, `LlamaForCausalLM`, `Qwen2ForCausalLM`, `MistralForCausalLM`),
+with its rope configuration, tying, biases and the true vocabulary:
 
     python tools/convert_checkpoint/megatron_to_hf.py --checkpoint-dir checkpoints/run1 \\
         --output-dir bloomz-run1-hf --tokenizer-dir bloom-560m --max-shard-size 2GB
@@ -16,6 +18,7 @@ import sys
 
 from megatron.checkpoint.conversion import convert_megatron_to_hf
 from megatron.checkpoint.layout import CheckpointError
+from megatron.checkpoint.metadata import read_metadata
 from megatron.models import get_model_spec
 
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -36,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-shard-size", type=parse_size, default=parse_size("2GB"))
     args = parser.parse_args(argv)
     try:
-        out = convert_megatron_to_hf(args.checkpoint_dir, args.output_dir, get_model_spec(), args.tokenizer_dir, args.max_shard_size)
+        spec = get_model_spec(read_metadata(args.checkpoint_dir).family)
+        out = convert_megatron_to_hf(args.checkpoint_dir, args.output_dir, spec, args.tokenizer_dir,
+                                     args.max_shard_size)
     except (CheckpointError, ValueError, FileNotFoundError) as error:  # also replicated shards that disagree
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -11,6 +11,8 @@ from megatron.models.spec import ModelSpec
 
 SPEC = ModelSpec(
     name="bloom",
+    hf_model_types=("bloom",),
+    architecture=("alibi", "LayerNorm", False),
     config_class=BloomModelConfig,
     build_model=BloomModel,
     build_pipeline=bloom_pipeline,

@@ -4,6 +4,7 @@ model FLOPs per token that throughput and MFU are reported in."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,12 @@ class BloomModelConfig:
     bias_dropout_fusion: bool = False  # bias + dropout + residual compiled
     prefix_lm: bool = False  # bidirectional attention among a pair's input tokens
 
+    # HF config keys the export keeps from the checkpoint's original config
+    HF_KEPT_KEYS: ClassVar[tuple[str, ...]] = ("bos_token_id", "eos_token_id", "pad_token_id",
+                                               "apply_residual_connection_post_layernorm")
+    hf_architecture: ClassVar[str] = "BloomForCausalLM"
+    tie_word_embeddings: ClassVar[bool] = True  # the LM head is the embeddings' weight
+
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
             raise ValueError(f"--hidden-size {self.hidden_size} is not divisible by "
@@ -30,6 +37,9 @@ class BloomModelConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    def check_sequence_length(self, seq_length: int) -> None:
+        """ALiBi has no learned positions: any row length works."""
 
     def check_tensor_parallel(self, tp_size: int) -> None:
         if self.num_heads % tp_size:

@@ -15,7 +15,6 @@ Activations are batch-first, `[batch, seq, hidden]`.
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 from megatron.core import parallel_state, tensor_parallel
@@ -27,16 +26,8 @@ from megatron.models.bloom.config import BloomModelConfig
 from megatron.models.common.alibi import alibi_slopes_for_rank
 from megatron.models.common.attention import get_backend
 from megatron.models.common.extra_state import without_extra_state
+from megatron.models.common.initializers import normal_init, output_init
 from megatron.models.common.tp_random import tensor_parallel_rng
-
-
-def normal_init(std: float):
-    return lambda weight: nn.init.normal_(weight, mean=0.0, std=std)
-
-
-def output_init(config: BloomModelConfig):
-    """Megatron's scaled init for layers that write into the residual stream."""
-    return normal_init(config.init_method_std / math.sqrt(2.0 * config.num_layers))
 
 
 class WordEmbeddings(tensor_parallel.VocabParallelEmbedding):

@@ -1,67 +1,24 @@
 """The whole BLOOM as one module (pipeline size 1; with ZeRO-1/2/3): embeddings + embedding
 LayerNorm, blocks, final LayerNorm, LM head tied to the embeddings, and its packed-batch loss
-(`models/common/loss.py`)."""
+(`models/common/decoder.py`)."""
 
 from __future__ import annotations
 
 import torch
 from megatron.core.model_parallel_config import ModelParallelConfig
-from torch import nn
 
 from megatron.models.bloom.config import BloomModelConfig
 from megatron.models.bloom.layers import BloomBlock, WordEmbeddings, final_layernorm
-from megatron.models.bloom.state_dict_adapter import EMBEDDING_LAYER, block_layer
-from megatron.models.common.lm_head import lm_logits
-from megatron.models.common.loss import head_and_loss, target_log_probs
-from megatron.models.common.recompute import checkpoint
-from megatron.models.common.tp_random import layer_seed, seeded
+from megatron.models.common.decoder import DecoderModel
 
 
-class BloomModel(nn.Module):
+class BloomModel(DecoderModel):
     def __init__(self, config: BloomModelConfig, parallel: ModelParallelConfig,
                  checkpoint_activations: bool = False, init_seed: int | None = None):
-        """With `init_seed`, each pipeline layer i is initialised from `init_seed + i`, as the
-        pipeline's layer specs do: the same random model for any layout."""
-        super().__init__()
-        self.config = config
-        self.checkpoint_activations = checkpoint_activations
-        with seeded(layer_seed(init_seed, EMBEDDING_LAYER)):
-            self.word_embeddings = WordEmbeddings(config, parallel)
-        blocks = []
-        for i in range(config.num_layers):
-            with seeded(layer_seed(init_seed, block_layer(i))):
-                blocks.append(BloomBlock(config, parallel))
-        self.layers = nn.ModuleList(blocks)
-        self.final_layernorm = final_layernorm(config, parallel)
+        super().__init__(config, parallel, checkpoint_activations, init_seed, WordEmbeddings, BloomBlock,
+                         final_layernorm)
 
-    def forward(
-        self,
-        tokens: torch.Tensor,
-        segment_ids: torch.Tensor,
-        is_inputs: torch.Tensor | None = None,
-        gather_logits: bool = False,
-    ) -> torch.Tensor:
-        """Logits `[batch, seq, vocab / tp]` (or the whole padded vocabulary with `gather_logits`)."""
-        hidden = self.final_hidden(tokens, segment_ids, is_inputs)
-        return lm_logits(hidden, self.word_embeddings.weight, gather_logits)
-
-    def final_hidden(self, tokens: torch.Tensor, segment_ids: torch.Tensor,
-                     is_inputs: torch.Tensor | None = None) -> torch.Tensor:
-        """The hidden states after the final LayerNorm, `[batch, seq, hidden]`."""
-        hidden = self.word_embeddings(tokens)
-        for layer in self.layers:
-            if self.checkpoint_activations and self.training:
-                hidden = checkpoint(layer, hidden, segment_ids, is_inputs)
-            else:
-                hidden = layer(hidden, segment_ids, is_inputs)
-        return self.final_layernorm(hidden)
-
-    def loss(self, batch: dict[str, torch.Tensor], norm_target_loss: bool = False) -> torch.Tensor:
-        hidden = self.final_hidden(batch["tokens"], batch["segment_ids"], batch.get("is_inputs"))
-        return head_and_loss(hidden, self.word_embeddings.weight, batch["labels"], batch["loss_mask"],
-                             batch["segment_ids"], norm_target_loss, self.config.lm_head_loss)
-
-    def target_log_probs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Each label's log-probability under the loss mask (`loss.target_log_probs`)."""
-        hidden = self.final_hidden(batch["tokens"], batch["segment_ids"], batch.get("is_inputs"))
-        return target_log_probs(hidden, self.word_embeddings.weight, batch["labels"], batch["loss_mask"])
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """The LM head is tied to the word embeddings."""
+        return self.word_embeddings.weight

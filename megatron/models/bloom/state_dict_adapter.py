@@ -20,8 +20,10 @@ import math
 
 import torch
 
-EMBEDDING_LAYER = 1
-FIRST_BLOCK_LAYER = 3
+from megatron.models.common import layer_numbering, tensor_split
+from megatron.models.common.layer_numbering import (EMBEDDING_LAYER, FIRST_BLOCK_LAYER, block_layer,  # noqa: F401
+                                                    final_norm_layer, lm_head_layer)
+
 COLUMN_PARALLEL = (
     "word_embeddings.weight",
     "self_attention.query_key_value.weight",
@@ -41,32 +43,16 @@ _HF_EMBEDDING_NAMES = {
 _HF_FINAL_NAMES = {"ln_f.weight": "weight", "ln_f.bias": "bias"}
 
 
-def block_layer(block: int) -> int:
-    return FIRST_BLOCK_LAYER + block
-
-
-def final_norm_layer(num_layers: int) -> int:
-    return num_layers + 4
-
-
-def lm_head_layer(num_layers: int) -> int:
-    return num_layers + 5
-
-
-def parameter_layers(num_layers: int) -> list[int]:
+def parameter_layers(num_layers: int, tied: bool = True) -> list[int]:
     """The pipeline layers that hold parameters, in order (the tied LM head excluded)."""
-    return [EMBEDDING_LAYER, *map(block_layer, range(num_layers)), final_norm_layer(num_layers)]
+    if not tied:
+        raise ValueError("BLOOM's LM head is always tied to its embeddings")
+    return layer_numbering.parameter_layers(num_layers, tied=True)
 
 
-def layer_kind(layer: int, num_layers: int) -> str:
+def layer_kind(layer: int, num_layers: int, tied: bool = True) -> str:
     """'embedding', 'block' or 'final_norm': what a parameter layer holds."""
-    if layer == EMBEDDING_LAYER:
-        return "embedding"
-    if FIRST_BLOCK_LAYER <= layer < FIRST_BLOCK_LAYER + num_layers:
-        return "block"
-    if layer == final_norm_layer(num_layers):
-        return "final_norm"
-    raise KeyError(f"layer {layer} holds no parameters of a {num_layers}-layer BLOOM")
+    return layer_numbering.layer_kind(layer, num_layers, tied=True, family="BLOOM")
 
 
 def layer_shapes(config, kind: str, vocab_size: int | None = None) -> dict[str, tuple[int, ...]]:
@@ -110,26 +96,12 @@ def tp_split_dim(name: str) -> int | None:
 
 
 def split_for_tp(name: str, tensor: torch.Tensor, tp_size: int) -> list[torch.Tensor]:
-    dim = tp_split_dim(name)
-    if dim is None:
-        return [tensor] * tp_size
-    if tensor.shape[dim] % tp_size:
-        raise ValueError(f"{name}: dimension {dim} of size {tensor.shape[dim]} does not split "
-                         f"into {tp_size} tensor-parallel parts")
-    return [t.clone() for t in torch.chunk(tensor, tp_size, dim=dim)]
+    return tensor_split.split(name, tensor, tp_size, tp_split_dim(name))
 
 
 def merge_from_tp(name: str, shards: list[torch.Tensor], where: str) -> torch.Tensor:
     """Concatenate split parameters; check that replicated ones agree across ranks."""
-    dim = tp_split_dim(name)
-    if dim is not None:
-        return torch.cat(shards, dim=dim)
-    for rank, shard in enumerate(shards[1:], start=1):
-        if not torch.equal(shard, shards[0]):
-            difference = (shard.float() - shards[0].float()).abs().max().item()
-            raise ValueError(f"{where}: replicated parameter {name!r} differs between tensor-parallel "
-                             f"ranks 0 and {rank} (max abs difference {difference:.3g})")
-    return shards[0]
+    return tensor_split.merge(name, shards, tp_split_dim(name), where)
 
 
 def layer_to_plain_name(layer: int, local: str, num_layers: int) -> str:
@@ -171,3 +143,18 @@ def layer_to_hf(layer: int, local: str, num_layers: int) -> str:
     if layer == final_norm_layer(num_layers):
         return HF_PREFIX + {ours: hf for hf, ours in _HF_FINAL_NAMES.items()}[local]
     return f"{HF_PREFIX}h.{layer - FIRST_BLOCK_LAYER}.{local}"
+
+
+VOCAB_TENSORS = ("word_embeddings.weight",)
+FUSED_GATE_UP = ()  # no gated MLP
+
+
+def from_hf_layer(layer: int, hf: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """A layer's tensors by our names from its HF tensors as `hf_to_layer` names them (BLOOM's
+    map one to one, so they already are)."""
+    return hf
+
+
+def to_hf_layer(layer: int, tensors: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """A layer's tensors by their full HF names."""
+    return {layer_to_hf(layer, local, config.num_layers): tensor for local, tensor in tensors.items()}

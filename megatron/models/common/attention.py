@@ -1,8 +1,11 @@
-"""Attention over packed rows: causal AND same segment AND ALiBi (optionally bidirectional
-among a pair's inputs), behind one interface with several backends.
+"""Attention over packed rows: causal AND same segment, with ALiBi or without (RoPE families
+rotate q and k before), optionally bidirectional among a pair's inputs, behind one interface with
+several backends.
 
-`attention(q, k, v, slopes, segment_ids, is_inputs, dropout_p) -> context`, with q, k, v of shape
-`[batch, heads, seq, head_dim]` and `slopes` the ALiBi slopes of these heads. The `reference`
+`attention(q, k, v, slopes, segment_ids, is_inputs, dropout_p) -> context`, with q of shape
+`[batch, heads, seq, head_dim]`, k and v `[batch, kv_heads, seq, head_dim]` (grouped-query
+attention: query head i reads KV head i // (heads / kv_heads)), and `slopes` the ALiBi slopes of
+these heads or None. The `reference`
 backend builds the dense mask (`attention_mask`) and the float bias (ALiBi + mask) and calls
 PyTorch's SDPA: exact, runs everywhere, but holds `[s, s]` per head. The `flex` backend (GPU) is
 FlexAttention, compiled: ALiBi as a score modifier, the mask as a block mask built once per
@@ -37,8 +40,11 @@ def attention_mask(segment_ids: torch.Tensor, is_inputs: torch.Tensor | None = N
     return (allowed & same & real).unsqueeze(1)
 
 
-def alibi_bias(slopes: torch.Tensor, seq_length: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """`[1, heads, s, s]`: slope * (j - i), i.e. a penalty growing with the distance to the key."""
+def alibi_bias(slopes: torch.Tensor | None, seq_length: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """`[1, heads, s, s]`: slope * (j - i), i.e. a penalty growing with the distance to the key;
+    `[1, 1, s, s]` zeros without slopes."""
+    if slopes is None:
+        return torch.zeros(1, 1, seq_length, seq_length, dtype=dtype, device=device)
     positions = torch.arange(seq_length, device=device)
     distance = (positions[None, :] - positions[:, None]).to(torch.float32)
     return (slopes.to(device)[:, None, None] * distance).to(dtype).unsqueeze(0)
@@ -48,7 +54,7 @@ def reference_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    slopes: torch.Tensor,
+    slopes: torch.Tensor | None,
     segment_ids: torch.Tensor,
     is_inputs: torch.Tensor | None = None,
     dropout_p: float = 0.0,
@@ -57,7 +63,8 @@ def reference_attention(
     allowed = attention_mask(segment_ids, is_inputs)
     allowed = allowed | torch.eye(seq, dtype=torch.bool, device=q.device)
     bias = alibi_bias(slopes, seq, q.dtype, q.device).masked_fill(~allowed, float("-inf"))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p,
+                                          enable_gqa=k.shape[1] != q.shape[1])
 
 
 class _BlockMasks:
@@ -105,26 +112,37 @@ def _compiled_flex_attention() -> Callable:
     return torch.compile(flex, dynamic=False)
 
 
-def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor, segment_ids: torch.Tensor,
+def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor | None, segment_ids: torch.Tensor,
                    is_inputs: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
     """The `reference_attention` interface on FlexAttention (see the module docstring)."""
     if dropout_p:
         raise ValueError("the flex attention backend has no attention dropout: use --attention-dropout 0 "
                          "or --attention-backend reference")
-    slopes = slopes.to(device=q.device, dtype=torch.float32)
+    alibi = None
+    if slopes is not None:
+        slopes = slopes.to(device=q.device, dtype=torch.float32)
 
-    def alibi(score, b, h, q_index, k_index):
-        return score + slopes[h] * (k_index - q_index)
+        def alibi(score, b, h, q_index, k_index):
+            return score + slopes[h] * (k_index - q_index)
 
-    return _compiled_flex_attention()(q, k, v, score_mod=alibi, block_mask=_block_masks.get(segment_ids, is_inputs))
+    return _compiled_flex_attention()(q, k, v, score_mod=alibi, block_mask=_block_masks.get(segment_ids, is_inputs),
+                                      enable_gqa=k.shape[1] != q.shape[1])
 
 
-def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
+def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor | None,
                      segment_ids: torch.Tensor, is_inputs: torch.Tensor | None = None,
                      dropout_p: float = 0.0) -> torch.Tensor:
     """The `reference_attention` interface on our Triton kernel (imported at first use: Triton
-    is optional, and on CPU its interpreter must be chosen before it is imported)."""
+    is optional, and on CPU its interpreter must be chosen before it is imported). The kernel
+    takes one KV head per query head and a slope per head: grouped K/V are repeated for it (their
+    gradients summed back by autograd) and no ALiBi is a zero slope."""
     from megatron.kernels.flash_attention import flash_attention as triton_flash_attention
+
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    if slopes is None:
+        slopes = torch.zeros(q.shape[1], dtype=torch.float32, device=q.device)
 
     return triton_flash_attention(q, k, v, slopes, segment_ids, is_inputs, dropout_p)
 

@@ -1,0 +1,41 @@
+"""The pipeline layer numbering every family's checkpoints keep, Megatron-DeepSpeed's GPTModelPipe:
+0 an input function, 1 the word embeddings, 2 a function, 3 .. L+2 the transformer blocks, L+3 a
+function, L+4 the final norm, L+5 the LM head (the tied embeddings again, or its own weight). Our
+layer files are named by these numbers, so DeepSpeed's `load_state_dir` reads them as it reads
+Megatron-DeepSpeed's."""
+
+from __future__ import annotations
+
+EMBEDDING_LAYER = 1
+FIRST_BLOCK_LAYER = 3
+
+
+def block_layer(block: int) -> int:
+    return FIRST_BLOCK_LAYER + block
+
+
+def final_norm_layer(num_layers: int) -> int:
+    return num_layers + 4
+
+
+def lm_head_layer(num_layers: int) -> int:
+    return num_layers + 5
+
+
+def parameter_layers(num_layers: int, tied: bool) -> list[int]:
+    """The pipeline layers that hold parameters, in order; a tied LM head holds none of its own."""
+    layers = [EMBEDDING_LAYER, *map(block_layer, range(num_layers)), final_norm_layer(num_layers)]
+    return layers if tied else [*layers, lm_head_layer(num_layers)]
+
+
+def layer_kind(layer: int, num_layers: int, tied: bool, family: str) -> str:
+    """'embedding', 'block', 'final_norm' or (untied) 'lm_head': what a parameter layer holds."""
+    if layer == EMBEDDING_LAYER:
+        return "embedding"
+    if FIRST_BLOCK_LAYER <= layer < FIRST_BLOCK_LAYER + num_layers:
+        return "block"
+    if layer == final_norm_layer(num_layers):
+        return "final_norm"
+    if layer == lm_head_layer(num_layers) and not tied:
+        return "lm_head"
+    raise KeyError(f"layer {layer} holds no parameters of a {num_layers}-layer {family}")

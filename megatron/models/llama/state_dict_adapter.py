@@ -1,0 +1,219 @@
+"""How the Llama family's tensors are named, numbered, split and shaped, in one table of rules
+(the same interface as BLOOM's adapter):
+
+- pipeline layers numbered as Megatron-DeepSpeed's GPTModelPipe (`common/layer_numbering.py`):
+  1 the word embeddings, 3 .. L+2 the blocks, L+4 the final RMSNorm, L+5 the LM head, a layer of
+  its own (`lm_head.weight`) when it is not tied to the embeddings;
+- inside a block, Megatron-DeepSpeed's names: `input_layernorm.weight`,
+  `self_attention.query_key_value.*` (q, k and v fused per KV group: each group's query heads,
+  then its key head, then its value head, so an even split of the rows gives each TP rank whole
+  groups), `self_attention.dense.*` (o_proj), `post_attention_layernorm.weight`,
+  `mlp.dense_h_to_4h.*` (gate and up fused, `[gate; up]` whole, `[gate_r; up_r]` on TP rank r),
+  `mlp.dense_4h_to_h.*` (down_proj);
+- transformers' names (`model.embed_tokens`, `model.layers.{i}.self_attn.{q,k,v,o}_proj`,
+  `model.layers.{i}.mlp.{gate,up,down}_proj`, `model.norm`, `lm_head`), converted a layer at a
+  time (`from_hf_layer`, `to_hf_layer`);
+- tensor-parallel rules: column-parallel weights and biases (QKV, gate/up, the vocabulary) split
+  along dim 0, row-parallel weights (o_proj, down_proj) along dim 1; norms and row-parallel biases
+  replicated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from megatron.models.common import layer_numbering, tensor_split
+from megatron.models.common.layer_numbering import (EMBEDDING_LAYER, FIRST_BLOCK_LAYER, block_layer,  # noqa: F401
+                                                    final_norm_layer, lm_head_layer)
+
+SPLIT_DIMS = {
+    "word_embeddings.weight": 0,
+    "lm_head.weight": 0,
+    "self_attention.query_key_value.weight": 0,
+    "self_attention.query_key_value.bias": 0,
+    "mlp.dense_h_to_4h.weight": 0,
+    "mlp.dense_h_to_4h.bias": 0,
+    "self_attention.dense.weight": 1,
+    "mlp.dense_4h_to_h.weight": 1,
+}
+FUSED_GATE_UP = ("mlp.dense_h_to_4h.weight", "mlp.dense_h_to_4h.bias")
+VOCAB_TENSORS = ("word_embeddings.weight", "lm_head.weight")
+
+HF_PREFIX = "model."
+TIED_HEAD = "lm_head.weight"
+_HF_LAYER_PREFIX = "model.layers."
+_HF_BLOCK_NAMES = {  # ours: HF's, for the tensors that map one to one
+    "input_layernorm.weight": "input_layernorm.weight",
+    "post_attention_layernorm.weight": "post_attention_layernorm.weight",
+    "self_attention.dense.weight": "self_attn.o_proj.weight",
+    "self_attention.dense.bias": "self_attn.o_proj.bias",
+    "mlp.dense_4h_to_h.weight": "mlp.down_proj.weight",
+    "mlp.dense_4h_to_h.bias": "mlp.down_proj.bias",
+}
+
+
+def parameter_layers(num_layers: int, tied: bool = True) -> list[int]:
+    return layer_numbering.parameter_layers(num_layers, tied)
+
+
+def layer_kind(layer: int, num_layers: int, tied: bool = True) -> str:
+    return layer_numbering.layer_kind(layer, num_layers, tied, family="Llama-family model")
+
+
+def layer_shapes(config, kind: str, vocab_size: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a layer of `kind`, whole (not split over TP), by its name in the layer;
+    vocabulary tensors have `vocab_size` rows (default: the config's padded vocabulary)."""
+    c = config
+    h, d = c.hidden_size, c.head_dim
+    if kind == "embedding":
+        return {"word_embeddings.weight": (vocab_size or c.vocab_size, h)}
+    if kind == "lm_head":
+        return {"lm_head.weight": (vocab_size or c.vocab_size, h)}
+    if kind == "final_norm":
+        return {"weight": (h,)}
+    if kind != "block":
+        raise KeyError(f"{kind!r} is not a Llama-family layer with parameters")
+    qkv = (c.num_heads + 2 * c.num_kv_heads) * d
+    shapes = {
+        "input_layernorm.weight": (h,),
+        "self_attention.query_key_value.weight": (qkv, h),
+        "self_attention.query_key_value.bias": (qkv,),
+        "self_attention.dense.weight": (h, c.num_heads * d),
+        "self_attention.dense.bias": (h,),
+        "post_attention_layernorm.weight": (h,),
+        "mlp.dense_h_to_4h.weight": (2 * c.ffn_hidden_size, h),
+        "mlp.dense_h_to_4h.bias": (2 * c.ffn_hidden_size,),
+        "mlp.dense_4h_to_h.weight": (h, c.ffn_hidden_size),
+        "mlp.dense_4h_to_h.bias": (h,),
+    }
+    absent = {"self_attention.query_key_value.bias": not c.qkv_bias, "self_attention.dense.bias": not c.output_bias,
+              "mlp.dense_h_to_4h.bias": not c.mlp_bias, "mlp.dense_4h_to_h.bias": not c.mlp_bias}
+    return {name: shape for name, shape in shapes.items() if not absent.get(name)}
+
+
+def layer_parameters(config, kind: str, tp_size: int) -> int:
+    """Parameters of a layer of `kind` on one tensor-parallel rank (replicated tensors whole)."""
+    return sum(math.prod(shape) // (tp_size if tp_split_dim(name) is not None else 1)
+               for name, shape in layer_shapes(config, kind).items())
+
+
+def tp_split_dim(name: str) -> int | None:
+    return SPLIT_DIMS.get(name)
+
+
+def _parts(name: str) -> int:
+    return 2 if name in FUSED_GATE_UP else 1
+
+
+def split_for_tp(name: str, tensor: torch.Tensor, tp_size: int) -> list[torch.Tensor]:
+    return tensor_split.split(name, tensor, tp_size, tp_split_dim(name), _parts(name))
+
+
+def merge_from_tp(name: str, shards: list[torch.Tensor], where: str) -> torch.Tensor:
+    return tensor_split.merge(name, shards, tp_split_dim(name), where, _parts(name))
+
+
+def layer_to_plain_name(layer: int, local: str, num_layers: int) -> str:
+    """(pipeline layer, name inside the layer) -> `LlamaModel`'s parameter name."""
+    if FIRST_BLOCK_LAYER <= layer < FIRST_BLOCK_LAYER + num_layers:
+        return f"layers.{layer - FIRST_BLOCK_LAYER}.{local}"
+    return f"final_layernorm.{local}" if layer == final_norm_layer(num_layers) else local
+
+
+def plain_name_to_layer(name: str, num_layers: int) -> tuple[int, str]:
+    """`LlamaModel`'s parameter name -> (pipeline layer, name inside the layer)."""
+    if name.startswith("layers."):
+        _, block, local = name.split(".", 2)
+        return block_layer(int(block)), local
+    if name.startswith("final_layernorm."):
+        return final_norm_layer(num_layers), name.removeprefix("final_layernorm.")
+    if name == "lm_head.weight":
+        return lm_head_layer(num_layers), name
+    return EMBEDDING_LAYER, name
+
+
+def hf_to_layer(name: str, num_layers: int) -> tuple[int, str]:
+    """A HF parameter name -> (pipeline layer, its HF name inside the layer): the tensors that
+    `from_hf_layer` turns into that layer's."""
+    if name == "model.embed_tokens.weight":
+        return EMBEDDING_LAYER, "embed_tokens.weight"
+    if name == "model.norm.weight":
+        return final_norm_layer(num_layers), "norm.weight"
+    if name == "lm_head.weight":
+        return lm_head_layer(num_layers), name
+    if name.startswith(_HF_LAYER_PREFIX):
+        block, local = name.removeprefix(_HF_LAYER_PREFIX).split(".", 1)
+        if block.isdigit() and int(block) < num_layers:
+            return block_layer(int(block)), local
+    raise KeyError(f"{name}: not a parameter of a {num_layers}-layer Llama-family model")
+
+
+def _fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config) -> torch.Tensor:
+    """Per KV group: its query heads, its key head, its value head (weights or biases)."""
+    g, d = config.num_kv_heads, config.head_dim
+    r = config.num_heads // g
+    rest = q.shape[1:]
+    return torch.cat([q.reshape(g, r * d, *rest), k.reshape(g, d, *rest), v.reshape(g, d, *rest)],
+                     dim=1).reshape(-1, *rest)
+
+
+def _unfuse_qkv(qkv: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g, d = config.num_kv_heads, config.head_dim
+    r = config.num_heads // g
+    rest = qkv.shape[1:]
+    q, k, v = qkv.reshape(g, (r + 2) * d, *rest).split([r * d, d, d], dim=1)
+    return (q.reshape(-1, *rest).contiguous(), k.reshape(-1, *rest).contiguous(), v.reshape(-1, *rest).contiguous())
+
+
+def from_hf_layer(layer: int, hf: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """A layer's tensors by our names, from its HF tensors (as `hf_to_layer` names them); a
+    missing tensor raises KeyError naming it."""
+    def take(name: str) -> torch.Tensor:
+        if name not in hf:
+            raise KeyError(f"{name} is missing")
+        return hf.pop(name)
+
+    kind = layer_kind(layer, config.num_layers, config.tie_word_embeddings)
+    if kind == "embedding":
+        ours = {"word_embeddings.weight": take("embed_tokens.weight")}
+    elif kind == "final_norm":
+        ours = {"weight": take("norm.weight")}
+    elif kind == "lm_head":
+        ours = {"lm_head.weight": take("lm_head.weight")}
+    else:
+        shapes = layer_shapes(config, "block")
+        ours = {local: take(theirs) for local, theirs in _HF_BLOCK_NAMES.items() if local in shapes}
+        for suffix in ("weight", "bias") if config.qkv_bias else ("weight",):
+            ours[f"self_attention.query_key_value.{suffix}"] = _fuse_qkv(
+                *(take(f"self_attn.{p}_proj.{suffix}") for p in "qkv"), config)
+        for suffix in ("weight", "bias") if config.mlp_bias else ("weight",):
+            ours[f"mlp.dense_h_to_4h.{suffix}"] = torch.cat([take(f"mlp.gate_proj.{suffix}"),
+                                                             take(f"mlp.up_proj.{suffix}")])
+    if hf:
+        raise KeyError(f"{sorted(hf)} are not tensors of this model (its biases: q/k/v {config.qkv_bias}, "
+                       f"o {config.output_bias}, MLP {config.mlp_bias})")
+    return ours
+
+
+def to_hf_layer(layer: int, tensors: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """A layer's tensors by their full HF names (the inverse of `from_hf_layer`)."""
+    kind = layer_kind(layer, config.num_layers, config.tie_word_embeddings)
+    if kind == "embedding":
+        return {"model.embed_tokens.weight": tensors["word_embeddings.weight"]}
+    if kind == "final_norm":
+        return {"model.norm.weight": tensors["weight"]}
+    if kind == "lm_head":
+        return {"lm_head.weight": tensors["lm_head.weight"]}
+    prefix = f"{_HF_LAYER_PREFIX}{layer - FIRST_BLOCK_LAYER}."
+    out = {prefix + theirs: tensors[ours] for ours, theirs in _HF_BLOCK_NAMES.items() if ours in tensors}
+    for suffix in ("weight", "bias"):
+        if f"self_attention.query_key_value.{suffix}" in tensors:
+            q, k, v = _unfuse_qkv(tensors[f"self_attention.query_key_value.{suffix}"], config)
+            out.update({f"{prefix}self_attn.{p}_proj.{suffix}": t for p, t in zip("qkv", (q, k, v))})
+        if f"mlp.dense_h_to_4h.{suffix}" in tensors:
+            gate, up = tensors[f"mlp.dense_h_to_4h.{suffix}"].chunk(2)
+            out.update({f"{prefix}mlp.gate_proj.{suffix}": gate.contiguous(),
+                        f"{prefix}mlp.up_proj.{suffix}": up.contiguous()})
+    return out
