@@ -8,6 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
+FAMILY ?= bloom
 PYTEST_ARGS ?=
 
 # DeepSpeed on CPU: the accelerator, and a project-local cache for its JIT-compiled ops.
@@ -40,21 +41,23 @@ demo: $(STAMP)
 		--json-keys inputs targets --prepend-space targets --append-eod targets \
 		--tokenizer-name-or-path $(DEMO_DIR)/tokenizer --output-prefix $(DEMO_DIR)/data/xp3_demo_valid \
 		--log-interval 0
-	$(PY) tools/make_tiny_bloom.py --tokenizer-dir $(DEMO_DIR)/tokenizer --output-dir $(DEMO_DIR)/bloom-tiny
-	$(PY) tools/convert_checkpoint/hf_to_megatron.py --hf-dir $(DEMO_DIR)/bloom-tiny \
-		--output-dir $(DEMO_DIR)/checkpoints/bloom-tiny-tp2 --target-tp 2
-	PYTHON=$(PY) DEMO_DIR=$(DEMO_DIR) bash examples/finetune_demo_cpu.sh
-	$(PY) tools/convert_checkpoint/megatron_to_hf.py --checkpoint-dir $(DEMO_DIR)/checkpoints/bloomz-tiny \
-		--output-dir $(DEMO_DIR)/bloomz-tiny --tokenizer-dir $(DEMO_DIR)/tokenizer
+	$(PY) tools/make_tiny_model.py --family $(FAMILY) --tokenizer-dir $(DEMO_DIR)/tokenizer \
+		--output-dir $(DEMO_DIR)/$(FAMILY)-tiny
+	$(PY) tools/convert_checkpoint/hf_to_megatron.py --hf-dir $(DEMO_DIR)/$(FAMILY)-tiny \
+		--output-dir $(DEMO_DIR)/checkpoints/$(FAMILY)-tiny-tp2 --target-tp 2
+	PYTHON=$(PY) DEMO_DIR=$(DEMO_DIR) FAMILY=$(FAMILY) bash examples/finetune_demo_cpu.sh
+	$(PY) tools/convert_checkpoint/megatron_to_hf.py --checkpoint-dir $(DEMO_DIR)/checkpoints/$(FAMILY)z-tiny \
+		--output-dir $(DEMO_DIR)/$(FAMILY)z-tiny --tokenizer-dir $(DEMO_DIR)/tokenizer
 	$(PY) tools/generate.py --input $(DEMO_DIR)/xp3_demo_valid.jsonl --num-prompts 8 \
-		--model before=$(DEMO_DIR)/bloom-tiny --model after=$(DEMO_DIR)/bloomz-tiny
-	$(PY) tools/evaluate.py --hf-dir $(DEMO_DIR)/bloom-tiny --tokenizer-name-or-path $(DEMO_DIR)/tokenizer \
-		--tasks $(DEMO_DIR)/eval_tasks --seq-length 256 --output-json $(DEMO_DIR)/eval/before.json
+		--model before=$(DEMO_DIR)/$(FAMILY)-tiny --model after=$(DEMO_DIR)/$(FAMILY)z-tiny
+	$(PY) tools/evaluate.py --hf-dir $(DEMO_DIR)/$(FAMILY)-tiny --tokenizer-name-or-path $(DEMO_DIR)/tokenizer \
+		--tasks $(DEMO_DIR)/eval_tasks --seq-length 256 --output-json $(DEMO_DIR)/eval/$(FAMILY)-before.json
 	$(PY) -m torch.distributed.run --nproc-per-node 2 tools/evaluate.py \
-		--checkpoint-dir $(DEMO_DIR)/checkpoints/bloomz-tiny --tensor-model-parallel-size 2 \
+		--checkpoint-dir $(DEMO_DIR)/checkpoints/$(FAMILY)z-tiny --tensor-model-parallel-size 2 \
 		--tokenizer-name-or-path $(DEMO_DIR)/tokenizer --tasks $(DEMO_DIR)/eval_tasks --seq-length 256 \
-		--baseline $(DEMO_DIR)/eval/before.json --output-json $(DEMO_DIR)/eval/after.json \
-		--per-example-output $(DEMO_DIR)/eval/after_examples.jsonl --plot $(DEMO_DIR)/eval/accuracy.png
+		--baseline $(DEMO_DIR)/eval/$(FAMILY)-before.json --output-json $(DEMO_DIR)/eval/$(FAMILY)-after.json \
+		--per-example-output $(DEMO_DIR)/eval/$(FAMILY)-after_examples.jsonl \
+		--plot $(DEMO_DIR)/eval/$(FAMILY)-accuracy.png
 
 bench: $(STAMP)
 	$(PY) bench/preprocess.py

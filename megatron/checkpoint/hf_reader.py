@@ -13,6 +13,7 @@ from safetensors import safe_open
 from megatron.checkpoint.layout import CheckpointError
 from megatron.models import spec_for_hf_model_type
 from megatron.models.common.vocab import padded_vocab_size
+from megatron.models.spec import UnsupportedConfig
 
 
 def spec_of_hf_folder(folder: str | Path):
@@ -82,6 +83,9 @@ class HFCheckpoint:
         vocab = padded_vocab_size(self.config.vocab_size, tp_size, divisible_by, pad_to)
         try:
             config = self.spec.config_class.from_hf(self.config, vocab_size=vocab)
+        except UnsupportedConfig as error:
+            raise UnsupportedConfig(f"{self.folder / 'config.json'}: {error}") from None
+        try:
             config.check_tensor_parallel(tp_size)
         except ValueError as error:
             raise CheckpointError(f"{self.folder}: {error}") from None

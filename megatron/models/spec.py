@@ -9,6 +9,11 @@ from dataclasses import dataclass
 from types import ModuleType
 
 
+class UnsupportedConfig(ValueError):
+    """A model config field whose maths the family does not implement: refused naming the field,
+    never ignored."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str

@@ -10,9 +10,10 @@ Memory per GPU, for P parameters on the GPU and data-parallel size d:
 - optimizer: Adam's moments (8P) and in fp16/bf16 the fp32 master weights (4P), divided by d
   under ZeRO-1 and above;
 - activations (Korthikanti et al. 2022, no sequence parallelism, in half precision), per layer
-  and micro-batch of b rows of s tokens, hidden h, a heads, TP t: s*b*h*(10 + 24/t + 5*a*s/(h*t))
-  bytes, the last term the materialised attention scores (none with the fused `flex` and `triton`
-  backends, which never hold `[s, s]`); with `--checkpoint-activations` only
+  and micro-batch of b rows of s tokens, hidden h, a heads, TP t: s*b*h*(B + 5*a*s/(h*t)) bytes,
+  B the family's own (`block_activations`: 10 + 24/t for BLOOM), the last term the materialised
+  attention scores (none with the fused `flex` and `triton` backends, which never hold
+  `[s, s]`); with `--checkpoint-activations` only
   each layer's input (2*s*b*h) is kept, plus one layer's full set during its backward; and the
   stage's output (2*s*b*h). A stage holds min(PP - stage, gradient accumulation) micro-batches in
   flight under 1F1B;
@@ -84,7 +85,7 @@ def _stage(train: TrainConfig, spec: ModelSpec, config, index: int, kinds: list[
     in_flight = min(train.parallel.pipeline - index, train.batch.gradient_accumulation) if train.parallel.uses_pipeline else 1
     layer_input = s * b * h * element
     scores = 5 * a * s / (h * tp) if config.attention_backend == "reference" else 0  # the fused keep none
-    layer_full = s * b * h * (10 + 24 / tp + scores) * element / 2
+    layer_full = s * b * h * (config.block_activations(tp) + scores) * element / 2
     if train.model.checkpoint_activations:
         activations = blocks * in_flight * layer_input + layer_full * (blocks > 0)
     else:

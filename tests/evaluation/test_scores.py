@@ -4,7 +4,8 @@ data-parallel ranks, through every pipeline stage) and on the HF folder (`--hf-d
 example the scores this test computes itself with `BloomForCausalLM`, one (inputs, choice) pair at
 a time, within 1e-5 in fp32: summed and length-normalised, choices of different token lengths,
 inputs cut on the left to fit a row; with `--prepend-bos` (`--hf-dir`), the BOS first in every
-pair's inputs, also where they are cut, and the rule in the report."""
+pair's inputs, also where they are cut, and the rule in the report. The same at TP=2 x PP=2 for a
+Llama-family checkpoint against `LlamaForCausalLM`."""
 
 from __future__ import annotations
 
@@ -117,3 +118,20 @@ def test_hf_dir_with_prepend_bos_scores_after_the_bos_and_says_so(setup, demo_di
     assert f"tokenization: {rule}" in result.stdout
     assert "pairs longer than --seq-length 64 kept their last input tokens" in result.stdout
     assert json.loads((tmp_path / "hf.json").read_text())["tokenization"] == rule
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_llama_family_scores_at_tp2_pp2_equal_transformers(setup, demo_dir, tmp_path):
+    """The same examples under a tiny untied `LlamaForCausalLM` (GQA, llama3 rope scaling) converted
+    to our checkpoint: `tools/evaluate.py` at TP=2 x PP=2 gives transformers' scores."""
+    from helpers.tiny_llama import make_hf_llama
+
+    _, _, tokenizer, examples, tasks = setup
+    model = make_hf_llama(str(tmp_path / "hf"), "llama", seed=6, vocab_size=tokenizer.vocab_size)
+    run_tool_in_process("convert_checkpoint/hf_to_megatron.py", "--hf-dir", tmp_path / "hf", "--output-dir",
+                        tmp_path / "ours", "--target-tp", "2")
+    finetune(4, [*common_args(demo_dir, tasks), "--checkpoint-dir", tmp_path / "ours", "--tensor-model-parallel-size",
+                 "2", "--pipeline-model-parallel-size", "2", "--per-example-output", tmp_path / "ours.jsonl"],
+             script=EVALUATE)
+    _check(tmp_path / "ours.jsonl", examples, [reference_scores(model, tokenizer, e, False) for e in examples])

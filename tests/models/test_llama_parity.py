@@ -18,7 +18,8 @@ from helpers.tiny_llama import CONFIGS, LLAMA3_ROPE, hf_config, make_hf_llama
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from megatron.models.common.rope import RopeScaling, inverse_frequencies, positions_from_segments
-from megatron.models.llama.config import LlamaModelConfig, UnsupportedConfig
+from megatron.models.llama.config import LlamaModelConfig
+from megatron.models.spec import UnsupportedConfig
 
 KINDS = tuple(CONFIGS)
 LOGITS_TOLERANCE = 1e-5

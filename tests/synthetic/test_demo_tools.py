@@ -1,5 +1,5 @@
 """The demo's own scripts on tiny settings: `make_demo_data.py` (jsonl splits and a tokenizer),
-`make_tiny_bloom.py` (a random HF BLOOM over that tokenizer) and `generate.py` (each prompt, its
+`make_tiny_model.py` (a random HF BLOOM over that tokenizer) and `generate.py` (each prompt, its
 expected target and every model's generation)."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def test_demo_scripts_write_and_print_what_the_demo_uses(tmp_path, capsys):
     assert f"wrote {demo / 'xp3_demo_train.jsonl'}" in capsys.readouterr().out
 
     for seed, name in enumerate(MODELS):
-        tool_main("make_tiny_bloom.py")(["--tokenizer-dir", str(demo / "tokenizer"), "--output-dir",
+        tool_main("make_tiny_model.py")(["--tokenizer-dir", str(demo / "tokenizer"), "--output-dir",
                                          str(tmp_path / name), "--hidden-size", "16", "--num-layers", "1",
                                          "--num-attention-heads", "2", "--seed", str(seed)])
         config = BloomForCausalLM.from_pretrained(tmp_path / name).config

@@ -2,7 +2,8 @@
 """Convert a HF model folder (config.json + safetensors or .bin, sharded or not) into our
 checkpoint at any tensor/pipeline size, to start finetuning from a pretrained model. The family
 comes from config.json's `model_type`: BLOOM (`bloom`) or the Llama family (`llama`, `qwen2`,
-`mistral`); a config field whose maths is not implemented is refused by name:
+`mistral`); a config field whose maths is not implemented is refused by name (exit status 2;
+other bad inputs exit 1):
 
     python tools/convert_checkpoint/hf_to_megatron.py --hf-dir bloom-560m \\
         --output-dir checkpoints/bloom-560m-tp2-pp2 --target-tp 2 --target-pp 2
@@ -17,6 +18,7 @@ import sys
 from megatron.checkpoint.conversion import convert_hf_to_megatron
 from megatron.checkpoint.hf_reader import spec_of_hf_folder
 from megatron.checkpoint.layout import CheckpointError
+from megatron.models.spec import UnsupportedConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = spec_of_hf_folder(args.hf_dir)
         out = convert_hf_to_megatron(args.hf_dir, args.output_dir, spec, args.target_tp, args.target_pp,
                                      args.make_vocab_size_divisible_by, args.pad_vocab_size_to)
+    except UnsupportedConfig as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except (CheckpointError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

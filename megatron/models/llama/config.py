@@ -15,14 +15,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from megatron.models.common.rope import ROPE_TYPES, RopeScaling
+from megatron.models.spec import UnsupportedConfig
 
 HF_MODEL_TYPES = ("llama", "qwen2", "mistral")
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
 _LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-
-
-class UnsupportedConfig(ValueError):
-    """A HF config field whose maths this family does not implement."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +99,15 @@ class LlamaModelConfig:
         if self.vocab_size % tp_size:
             raise ValueError(f"the padded vocabulary ({self.vocab_size}) is not divisible by "
                              f"--tensor-model-parallel-size {tp_size}")
+
+    def block_activations(self, tp_size: int) -> float:
+        """A block's saved activations per token in units of hidden x 2 bytes, without the
+        attention scores (Korthikanti et al. 2022's count for this block): norm and branch inputs
+        and dropout masks (10, replicated); q and the output projection's input (2 a*d each), the
+        grouped k and v (2 g*d each), SwiGLU's gate and up, silu(gate) and the product (8 f),
+        split over TP."""
+        split = 4 * self.num_heads * self.head_dim + 4 * self.num_kv_heads * self.head_dim + 8 * self.ffn_hidden_size
+        return 10 + split / self.hidden_size / tp_size
 
     def check_sequence_length(self, seq_length: int) -> None:
         """A sliding window shorter than the rows would change the attention: refused."""

@@ -41,7 +41,8 @@ class WordEmbeddings(tensor_parallel.VocabParallelEmbedding):
 
 class LMHead(nn.Module):
     """An untied LM head: `weight`, `[vocab / tp, hidden]`, this rank's vocabulary rows (the loss
-    applies it: `models/common/loss.py`)."""
+    applies it: `models/common/loss.py`), marked tensor-parallel as megatron-core marks its own
+    split weights (DeepSpeed's gradient norm counts replicated parameters on one TP rank only)."""
 
     def __init__(self, config: LlamaModelConfig, parallel: ModelParallelConfig):
         super().__init__()
@@ -54,6 +55,7 @@ class LMHead(nn.Module):
         rank = parallel_state.get_tensor_model_parallel_rank()
         with torch.no_grad():
             self.weight.copy_(whole.chunk(tp_size)[rank])
+        tensor_parallel.set_tensor_model_parallel_attributes(self.weight, is_parallel=True, dim=0, stride=1)
 
 
 class Rotary:
