@@ -5,8 +5,8 @@ compute."""
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from helpers.distributed import gloo_world
+from helpers.parity import against_hf, packed_batch  # noqa: F401  (packed_batch: the tests' packed row)
 from helpers.tiny import VOCAB
 from megatron.core import parallel_state
 from transformers import BloomForCausalLM
@@ -30,41 +30,6 @@ def build_ours(folder: str, tp_size: int) -> BloomModel:
     load_layers_into_model(model, lambda layer: checkpoint.layer(layer, config), ADAPTER,
                            parallel_state.get_tensor_model_parallel_rank(), tp_size)
     return model
-
-
-def full_grads(model: BloomModel, tp_size: int) -> dict[str, torch.Tensor]:
-    """Gradients of every parameter, gathered across tensor ranks into whole tensors."""
-    grads = {}
-    group = parallel_state.get_tensor_model_parallel_group()
-    for name, p in model.named_parameters():
-        _, local = ADAPTER.plain_name_to_layer(name, model.config.num_layers)
-        dim = ADAPTER.tp_split_dim(local)
-        if dim is None or tp_size == 1:
-            grads[name] = p.grad.clone()
-        else:
-            parts = [torch.empty_like(p.grad) for _ in range(tp_size)]
-            dist.all_gather(parts, p.grad.contiguous(), group=group)
-            grads[name] = torch.cat(parts, dim=dim)
-    return grads
-
-
-def packed_batch(seed: int = 1) -> tuple[dict[str, torch.Tensor], list[tuple[int, int]]]:
-    """One row holding three pairs (and padding): each pair's last two tokens are its targets
-    (the loss predicts them), the tokens before them its inputs (`is_inputs`)."""
-    g = torch.Generator().manual_seed(seed)
-    spans = [(0, 7), (7, 16), (16, 21)]
-    seq = 24
-    tokens = torch.randint(4, VOCAB, (1, seq), generator=g)
-    segments = torch.zeros(1, seq, dtype=torch.long)
-    mask = torch.zeros(1, seq)
-    is_inputs = torch.zeros(1, seq, dtype=torch.bool)
-    for k, (a, b) in enumerate(spans, start=1):
-        segments[0, a:b] = k
-        mask[0, b - 3 : b - 1] = 1
-        is_inputs[0, a : b - 2] = True
-    labels = torch.roll(tokens, -1, dims=1)
-    batch = {"tokens": tokens, "labels": labels, "segment_ids": segments, "loss_mask": mask, "is_inputs": is_inputs}
-    return batch, spans
 
 
 def zero_query(model: BloomModel, layer: int, head: int) -> None:
@@ -92,34 +57,8 @@ def parity_results(folders: dict[int, str]) -> dict[str, float]:
     tokens = torch.randint(0, VOCAB, (2, 16))
     for heads, folder in folders.items():
         hf = BloomForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
-        with torch.no_grad():
-            hf_logits = hf(tokens).logits
-        batch, spans = packed_batch()
-        with torch.no_grad():
-            hf_pairs = [hf(batch["tokens"][:, a:b]).logits for a, b in spans]
-        per_tp = {}
-        for tp in (1, 2):
-            model = build_ours(folder, tp)
-            with torch.no_grad():
-                logits = model(tokens, torch.ones_like(tokens), gather_logits=True)[..., :VOCAB]
-                packed = model(batch["tokens"], batch["segment_ids"], gather_logits=True)[..., :VOCAB]
-            model.zero_grad()
-            loss = model.loss(batch, norm_target_loss=True)
-            loss.backward()
-            per_tp[tp] = (loss.detach(), full_grads(model, tp))
-            results[f"heads{heads}_tp{tp}_logits"] = (logits - hf_logits).abs().max().item()
-            results[f"heads{heads}_tp{tp}_packed"] = max(
-                (packed[:, a:b] - ref).abs().max().item() for (a, b), ref in zip(spans, hf_pairs)
-            )
-            zero_query(model, layer=1, head=0)  # how much one head's attention weighs in the logits
-            with torch.no_grad():
-                zeroed = model(tokens, torch.ones_like(tokens), gather_logits=True)[..., :VOCAB]
-            results[f"heads{heads}_tp{tp}_zeroed_query"] = (zeroed - logits).abs().max().item()
-        results[f"heads{heads}_loss_tp2_vs_tp1"] = (per_tp[1][0] - per_tp[2][0]).abs().item()
-        results[f"heads{heads}_grad_tp2_vs_tp1"] = max(
-            (per_tp[1][1][n] - per_tp[2][1][n]).abs().max().item() for n in per_tp[1][1]
-        )
-        results[f"heads{heads}_grad_scale"] = max(g.abs().max().item() for g in per_tp[1][1].values())
+        results.update(against_hf(hf, lambda tp: build_ours(folder, tp), lambda m: zero_query(m, layer=1, head=0),
+                                  ADAPTER, tokens, f"heads{heads}"))
     return results
 
 

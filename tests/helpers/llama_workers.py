@@ -7,9 +7,8 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.distributed as dist
-from helpers.bloom_workers import packed_batch
 from helpers.distributed import gloo_world
+from helpers.parity import against_hf
 from helpers.tiny import VOCAB
 from megatron.core import parallel_state
 from transformers import AutoModelForCausalLM
@@ -33,21 +32,6 @@ def build_ours(folder: str, tp_size: int, **changes):
     load_layers_into_model(model, lambda layer: checkpoint.layer(layer, config), ADAPTER,
                            parallel_state.get_tensor_model_parallel_rank(), tp_size)
     return model
-
-
-def full_grads(model, tp_size: int) -> dict[str, torch.Tensor]:
-    """Gradients of every parameter, gathered across tensor ranks into whole tensors (the
-    adapter's own merge: fused gate/up per rank included)."""
-    grads = {}
-    group = parallel_state.get_tensor_model_parallel_group()
-    for name, p in model.named_parameters():
-        _, local = ADAPTER.plain_name_to_layer(name, model.config.num_layers)
-        parts = [p.grad.clone()]
-        if ADAPTER.tp_split_dim(local) is not None and tp_size > 1:
-            parts = [torch.empty_like(p.grad) for _ in range(tp_size)]
-            dist.all_gather(parts, p.grad.contiguous(), group=group)
-        grads[name] = ADAPTER.merge_from_tp(local, parts * (tp_size if len(parts) == 1 else 1), name)
-    return grads
 
 
 def zero_query(model, layer: int, head: int) -> None:
@@ -74,36 +58,14 @@ def parity_results(folders: dict[str, str]) -> dict[str, float]:
     results = {}
     torch.manual_seed(123)
     tokens = torch.randint(0, VOCAB, (2, 24))
-    batch, spans = packed_batch()
     for kind, folder in folders.items():
         hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
-        with torch.no_grad():
-            hf_logits = hf(tokens).logits
-            hf_pairs = [hf(batch["tokens"][:, a:b]).logits for a, b in spans]
-        per_tp = {}
-        for tp in (1, 2):
-            model = build_ours(folder, tp)
-            with torch.no_grad():
-                logits = model(tokens, torch.ones_like(tokens), gather_logits=True)[..., :VOCAB]
-                packed = model(batch["tokens"], batch["segment_ids"], gather_logits=True)[..., :VOCAB]
-            model.zero_grad()
-            loss = model.loss(batch, norm_target_loss=True)
-            loss.backward()
-            per_tp[tp] = (loss.detach(), full_grads(model, tp))
-            results[f"{kind}_tp{tp}_logits"] = (logits - hf_logits).abs().max().item()
-            results[f"{kind}_tp{tp}_packed"] = max((packed[:, a:b] - ref).abs().max().item()
-                                                   for (a, b), ref in zip(spans, hf_pairs))
-            zero_query(model, layer=1, head=1)
-            with torch.no_grad():
-                zeroed = model(tokens, torch.ones_like(tokens), gather_logits=True)[..., :VOCAB]
-            results[f"{kind}_tp{tp}_zeroed_query"] = (zeroed - logits).abs().max().item()
-        results[f"{kind}_loss_tp2_vs_tp1"] = (per_tp[1][0] - per_tp[2][0]).abs().item()
-        results[f"{kind}_grad_tp2_vs_tp1"] = max((per_tp[1][1][n] - per_tp[2][1][n]).abs().max().item()
-                                                 for n in per_tp[1][1])
-        results[f"{kind}_grad_scale"] = max(g.abs().max().item() for g in per_tp[1][1].values())
+        results.update(against_hf(hf, lambda tp: build_ours(folder, tp), lambda m: zero_query(m, layer=1, head=1),
+                                  ADAPTER, tokens, kind))
         if SPEC.config_class.from_hf(hf.config).rope_type == "llama3":  # the scaling matters here
             plain = build_ours(folder, 1, rope_type="default")
             with torch.no_grad():
                 unscaled = plain(tokens, torch.ones_like(tokens), gather_logits=True)[..., :VOCAB]
-            results[f"{kind}_without_rope_scaling"] = (unscaled - hf_logits).abs().max().item()
+                reference = hf(tokens).logits
+            results[f"{kind}_without_rope_scaling"] = (unscaled - reference).abs().max().item()
     return results

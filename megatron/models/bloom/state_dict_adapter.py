@@ -22,7 +22,8 @@ import torch
 
 from megatron.models.common import layer_numbering, tensor_split
 from megatron.models.common.layer_numbering import (EMBEDDING_LAYER, FIRST_BLOCK_LAYER, block_layer,  # noqa: F401
-                                                    final_norm_layer, lm_head_layer)
+                                                    final_norm_layer, layer_to_plain_name, lm_head_layer,
+                                                    plain_name_to_layer)
 
 COLUMN_PARALLEL = (
     "word_embeddings.weight",
@@ -102,24 +103,6 @@ def split_for_tp(name: str, tensor: torch.Tensor, tp_size: int) -> list[torch.Te
 def merge_from_tp(name: str, shards: list[torch.Tensor], where: str) -> torch.Tensor:
     """Concatenate split parameters; check that replicated ones agree across ranks."""
     return tensor_split.merge(name, shards, tp_split_dim(name), where)
-
-
-def layer_to_plain_name(layer: int, local: str, num_layers: int) -> str:
-    """(pipeline layer, name inside the layer) -> `BloomModel`'s parameter name."""
-    kind = layer_kind(layer, num_layers)
-    if kind == "block":
-        return f"layers.{layer - FIRST_BLOCK_LAYER}.{local}"
-    return f"final_layernorm.{local}" if kind == "final_norm" else local
-
-
-def plain_name_to_layer(name: str, num_layers: int) -> tuple[int, str]:
-    """`BloomModel`'s parameter name -> (pipeline layer, name inside the layer)."""
-    if name.startswith("layers."):
-        _, block, local = name.split(".", 2)
-        return block_layer(int(block)), local
-    if name.startswith("final_layernorm."):
-        return final_norm_layer(num_layers), name.removeprefix("final_layernorm.")
-    return EMBEDDING_LAYER, name
 
 
 def hf_to_layer(name: str, num_layers: int) -> tuple[int, str]:

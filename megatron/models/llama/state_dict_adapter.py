@@ -26,7 +26,8 @@ import torch
 
 from megatron.models.common import layer_numbering, tensor_split
 from megatron.models.common.layer_numbering import (EMBEDDING_LAYER, FIRST_BLOCK_LAYER, block_layer,  # noqa: F401
-                                                    final_norm_layer, lm_head_layer)
+                                                    final_norm_layer, layer_to_plain_name, lm_head_layer,
+                                                    plain_name_to_layer)
 
 SPLIT_DIMS = {
     "word_embeddings.weight": 0,
@@ -113,25 +114,6 @@ def split_for_tp(name: str, tensor: torch.Tensor, tp_size: int) -> list[torch.Te
 
 def merge_from_tp(name: str, shards: list[torch.Tensor], where: str) -> torch.Tensor:
     return tensor_split.merge(name, shards, tp_split_dim(name), where, _parts(name))
-
-
-def layer_to_plain_name(layer: int, local: str, num_layers: int) -> str:
-    """(pipeline layer, name inside the layer) -> `LlamaModel`'s parameter name."""
-    if FIRST_BLOCK_LAYER <= layer < FIRST_BLOCK_LAYER + num_layers:
-        return f"layers.{layer - FIRST_BLOCK_LAYER}.{local}"
-    return f"final_layernorm.{local}" if layer == final_norm_layer(num_layers) else local
-
-
-def plain_name_to_layer(name: str, num_layers: int) -> tuple[int, str]:
-    """`LlamaModel`'s parameter name -> (pipeline layer, name inside the layer)."""
-    if name.startswith("layers."):
-        _, block, local = name.split(".", 2)
-        return block_layer(int(block)), local
-    if name.startswith("final_layernorm."):
-        return final_norm_layer(num_layers), name.removeprefix("final_layernorm.")
-    if name == "lm_head.weight":
-        return lm_head_layer(num_layers), name
-    return EMBEDDING_LAYER, name
 
 
 def hf_to_layer(name: str, num_layers: int) -> tuple[int, str]:
