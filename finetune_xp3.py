@@ -82,7 +82,7 @@ def train_from(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, meta: Checkp
         + f"; TP={train.parallel.tensor} PP={train.parallel.pipeline} DP={train.parallel.data} "
           f"ZeRO-{train.parallel.zero_stage} gradient accumulation {train.batch.gradient_accumulation}")
 
-    packing = train.data.packing(train.seed)
+    packing = train.data.packing(train.seed, tokenizer.bos)
     train_data = build_group(train.data.train, packing, train.batch.train_samples, tokenizer.pad,
                              train.data.cache_path)
     eval_samples = train.logging.eval_iters * train.batch.global_batch

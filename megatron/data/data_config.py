@@ -39,8 +39,10 @@ class DataConfig:
     overlong: str = "skip"
     cache_path: str | None = None
 
-    def packing(self, seed: int) -> PackingConfig:
-        return PackingConfig(self.seq_length, self.strategy, self.window, self.overlong, seed)
+    def packing(self, seed: int, bos_id: int | None = None) -> PackingConfig:
+        """The packing of these groups; `bos_id` (the tokenizer's BOS) stays first in inputs cut
+        by `--overlong-pairs truncate_inputs`."""
+        return PackingConfig(self.seq_length, self.strategy, self.window, self.overlong, seed, bos_id)
 
 
 def parse_weighted_split_group(text: str, flag: str) -> DataGroup:

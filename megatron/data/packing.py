@@ -36,6 +36,9 @@ class PackingConfig:
     window: int = 1024
     overlong: str = "skip"
     seed: int = 1234
+    # with truncate_inputs: a pair whose inputs begin with this token (the tokenizer's BOS, put
+    # there by `tools/preprocess_data.py --prepend-bos`) keeps it first when its inputs are cut
+    bos_id: int | None = None
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -150,8 +153,8 @@ class PackedDataset:
         return self.index.pairs[self.index.offsets[row] : self.index.offsets[row + 1]]
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        pieces = ((self.pairs.inputs(pair, int(self.index.input_lengths[pair])), self.pairs.targets(pair))
-                  for pair in self.row_pairs(i))
+        pieces = ((self.pairs.inputs(pair, int(self.index.input_lengths[pair]), self.config.bos_id),
+                   self.pairs.targets(pair)) for pair in self.row_pairs(i))
         return packed_row(pieces, self.config.capacity, self.pad_id)
 
 

@@ -49,10 +49,15 @@ class PairDataset:
     def __len__(self) -> int:
         return self.end - self.begin
 
-    def inputs(self, i: int, keep_last: int | None = None) -> np.ndarray:
-        """Input tokens of pair `i`; with `keep_last`, only that many from the end."""
+    def inputs(self, i: int, keep_last: int | None = None, keep_first_if: int | None = None) -> np.ndarray:
+        """Input tokens of pair `i`; with `keep_last`, only that many: the last ones, or, when the
+        inputs begin with the token `keep_first_if` (a BOS), that token and the last ones after it."""
         size = int(self.input_sizes[i])
         keep = size if keep_last is None else min(size, keep_last)
+        if keep < size and keep_first_if is not None and keep >= 1:
+            first = self._inputs.get(self.begin + i, 0, 1)
+            if int(first[0]) == keep_first_if:
+                return np.concatenate([first, self._inputs.get(self.begin + i, size - keep + 1, keep - 1)])
         return self._inputs.get(self.begin + i, size - keep, keep)
 
     def targets(self, i: int) -> np.ndarray:

@@ -133,6 +133,29 @@ def test_truncate_inputs_keeps_the_end_of_the_input(tmp_path):
     assert skipped.input_lengths.tolist() == [0, 10]
 
 
+def test_truncate_inputs_keeps_a_leading_bos_first(tmp_path):
+    """Inputs made with `--prepend-bos` keep the BOS when cut: BOS + the last tokens, the same
+    count as without it; a pair not starting with the BOS is cut as before."""
+    from megatron.data.indexed_dataset import IndexedDatasetBuilder
+
+    bos = 1
+    inputs = [np.array([bos, *range(10, 59)]), np.arange(100, 150)]
+    for key, docs in (("inputs", inputs), ("targets", [np.arange(5, 10)] * 2)):
+        with IndexedDatasetBuilder(f"{tmp_path / 'p'}_{key}_document", np.uint16) as builder:
+            for doc in docs:
+                builder.add_document(doc)
+            builder.finalize()
+    pairs = PairDataset(tmp_path / "p")
+    config = PackingConfig(20, overlong="truncate_inputs", bos_id=bos)
+    index = build_packing_index(pairs, config, 2)
+    assert index.input_lengths.tolist() == [16, 16]
+    row = PackedDataset(pairs, index, config, pad_id=0)
+    rows = [row[i]["tokens"].tolist() for i in range(len(row))]
+    assert [bos, *range(44, 59), 5, 6, 7, 8] in [r[:20] for r in rows]
+    assert pairs.inputs(1, 16, bos).tolist() == list(range(134, 150))
+    assert pairs.inputs(0, 16).tolist() == list(range(43, 59))  # without the rule: the last 16
+
+
 @pytest.mark.parametrize("seq_length", [512, 2048])
 def test_best_fit_beats_greedy_on_xp3_like_pair_lengths(tmp_path, seq_length):
     inputs, targets = xp3_like_pair_lengths(200_000)

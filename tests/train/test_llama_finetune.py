@@ -8,6 +8,7 @@ with exit status 2 naming the field or flag."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from megatron.checkpoint.metadata import read_metadata
 from megatron.data.mtf_datasets import build_group
 from megatron.data.tokenizer import HFTokenizer
 from megatron.train.arguments import parse_config
+from synthetic.corpus import generate_choice_examples
 
 BASE = ["--micro-batch-size", "2", "--global-batch-size", "8", "--lr", "2e-3", "--lr-warmup-iters", "2",
         "--lr-decay-style", "cosine", "--min-lr", "1e-4", "--attention-backend", "reference",
@@ -56,8 +58,9 @@ def common_args(demo_dir, demo_data, checkpoint: Path, iters: int = 6) -> list:
 
 
 LAYOUTS = {
-    "llama": {"single": (1, []), "tp2": (2, TP2), "pp2": (2, PP2), "tp2_pp2": (4, [*TP2, *PP2]),
-              "dp2_zero1": (2, ["--zero-stage", "1"])},
+    "llama": {"single": (1, []), "tp2_chunked_head": (2, [*TP2, "--lm-head-loss", "chunked"]), "pp2": (2, PP2),
+              "tp2_pp2": (4, [*TP2, *PP2]), "dp2_zero1": (2, ["--zero-stage", "1"]),
+              "dp2_zero3": (2, ["--zero-stage", "3"])},
     "qwen2": {"single": (1, []), "tp2_pp2": (4, [*TP2, *PP2])},  # the tied embedding on both pipeline ends
 }
 
@@ -67,22 +70,28 @@ LAYOUTS = {
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("kind", LAYOUTS)
 def test_layouts_give_the_single_process_loss_curve(demo_dir, demo_data, converted, tmp_path, kind):
-    """TP=2 (one KV group per rank), PP=2, TP=2 x PP=2 and DP=2 (ZeRO-1) reproduce one process's
-    loss and gradient-norm curve, with clipping active; the first validation (iteration 0) is
+    """TP=2 (one KV group per rank; the untied head with the chunked LM head loss), PP=2,
+    TP=2 x PP=2, DP=2 under ZeRO-1 (pipeline engine) and ZeRO-3 (whole-model engine) reproduce
+    one process's loss and gradient-norm curve, with clipping active, and score the zero-shot
+    tasks (`--eval-tasks`) of the starting model alike; the first validation (iteration 0) is
     transformers' loss on the same rows' pairs, each pair alone."""
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps(e) + "\n" for e in list(generate_choice_examples(1, seed=11))[::3]))
     common = [*common_args(demo_dir, demo_data, converted[kind] / "ours"), "--eval-iters", "1",
-              "--eval-interval", "100"]
+              "--eval-interval", "100", "--eval-tasks", tasks]
     curves = {}
     for name, (nprocs, extra) in LAYOUTS[kind].items():
         finetune(nprocs, [*common, *extra, "--tensorboard-dir", tmp_path / name])
         curves[name] = (scalars(tmp_path / name, "lm loss"), scalars(tmp_path / name, "grad-norm"),
-                        scalars(tmp_path / name, "lm-loss-validation/valid"))
-    losses, norms, validation = curves.pop("single")
+                        scalars(tmp_path / name, "lm-loss-validation/valid"),
+                        scalars(tmp_path / name, "eval-tasks/average"))
+    losses, norms, validation, accuracy = curves.pop("single")
     assert len(losses) == 6 and min(norms.values()) > 0.3
-    for name, (layout_losses, layout_norms, _) in curves.items():
+    for name, (layout_losses, layout_norms, _, layout_accuracy) in curves.items():
         for step, loss in losses.items():
             assert layout_losses[step] == pytest.approx(loss, rel=2e-6, abs=0), (name, step)
             assert layout_norms[step] == pytest.approx(norms[step], rel=1e-4), (name, step)
+        assert layout_accuracy[0] == accuracy[0], name
     assert validation[0] == pytest.approx(transformers_validation_loss(converted[kind] / "hf", common), rel=1e-5)
 
 
