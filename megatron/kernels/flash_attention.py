@@ -1,13 +1,14 @@
 """Attention over packed xP3 rows as one Triton kernel (FlashAttention-2), forward and backward:
-ALiBi computed from each head's slope, causal AND same-segment masking (optionally bidirectional
-among a pair's inputs, the prefix-LM mode), and attention dropout, without ever materialising the
-`[s, s]` scores or the dropout mask.
+ALiBi computed from each head's slope (or none, for RoPE models, which rotate q and k before),
+grouped-query attention (query head h reads KV head h // group), causal AND same-segment masking
+(optionally bidirectional among a pair's inputs, the prefix-LM mode), and attention dropout,
+without ever materialising the `[s, s]` scores or the dropout mask.
 
 - Forward: one program per (query block, batch x head) keeps a running max and sum (online
   softmax, fp32) and saves the log-sum-exp of each row for the backward.
-- Backward: one kernel per key block accumulates dk and dv, one per query block accumulates dq
-  (no atomics, so gradients are deterministic); both recompute the probabilities from the saved
-  log-sum-exp.
+- Backward: one kernel per (key block, KV head) accumulates dk and dv over the group's query heads
+  in turn, one per query block accumulates dq (no atomics, so gradients are deterministic); both
+  recompute the probabilities from the saved log-sum-exp.
 - Block skipping: segments are contiguous, so query row i sees keys only in `[row_start, row_end)`
   (its segment's start up to itself, or to its pair's last input in the prefix-LM mode) and key
   column j is seen only by queries in `[col_start, col_end)`. `visible_ranges` computes these per
@@ -53,7 +54,7 @@ def _configs(kernel: str) -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in GPU_CONFIGS[kernel]]
 
 
-TUNING_KEY = ["seq", "HEAD_DIM", "PREFIX_LM", "DROPOUT"]
+TUNING_KEY = ["seq", "HEAD_DIM", "PREFIX_LM", "DROPOUT", "ALIBI"]
 
 
 @triton.jit
@@ -64,11 +65,12 @@ def _keep(seed, rows, cols, seq, p):
 
 @triton.jit
 def _scores(q, k, rows, cols, slope, seg_rows, seg_cols, in_rows, in_cols, seq, scale,
-            PREFIX_LM: tl.constexpr, PRECISION: tl.constexpr):
-    """Scaled q.k + ALiBi, -inf where the key is not visible: causal (or both inputs of the pair)
-    AND the same segment AND not padding; each row sees itself."""
+            PREFIX_LM: tl.constexpr, ALIBI: tl.constexpr, PRECISION: tl.constexpr):
+    """Scaled q.k (+ ALiBi), -inf where the key is not visible: causal (or both inputs of the
+    pair) AND the same segment AND not padding; each row sees itself."""
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
-    s += slope * (cols[None, :] - rows[:, None]).to(tl.float32)
+    if ALIBI:
+        s += slope * (cols[None, :] - rows[:, None]).to(tl.float32)
     visible = cols[None, :] <= rows[:, None]
     if PREFIX_LM:
         visible = visible | (in_rows[:, None] & in_cols[None, :])
@@ -103,6 +105,14 @@ def _store_tile(head, offs, dims, seq, value, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
+def _slope(Slopes, h, ALIBI: tl.constexpr):
+    """Head h's ALiBi slope (0 without ALiBi, never read)."""
+    if ALIBI:
+        return tl.load(Slopes + h)
+    return 0.0
+
+
+@triton.jit
 def _positions(Segments, IsInputs, b, offs, seq, outside):
     """Segment ids (`outside` past the row's end) and input flags of positions `offs` of row b."""
     inside = offs < seq
@@ -120,11 +130,12 @@ def _backward_rows(q_head, do_head, lse_head, delta_head, rows, dims, stride_qs,
 
 @triton.jit
 def _backward_tile(q, k, v, do, lse, delta, rows, cols, slope, seed, seg_rows, seg_cols, in_rows, in_cols, seq,
-                   scale, p, PREFIX_LM: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr):
+                   scale, p, PREFIX_LM: tl.constexpr, DROPOUT: tl.constexpr, ALIBI: tl.constexpr,
+                   PRECISION: tl.constexpr):
     """The probabilities after dropout (for dv) and the gradient of the scores (for dq, dk) of
     one tile, recomputed from the saved log-sum-exp and the regenerated mask."""
     probs = tl.exp(_scores(q, k, rows, cols, slope, seg_rows, seg_cols, in_rows, in_cols, seq, scale,
-                           PREFIX_LM, PRECISION) - lse[:, None])
+                           PREFIX_LM, ALIBI, PRECISION) - lse[:, None])
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
     if DROPOUT:
         keep = _keep(seed, rows, cols, seq, p)
@@ -139,17 +150,18 @@ def _backward_tile(q, k, v, do, lse, delta, rows, cols, slope, seed, seg_rows, s
 @triton.jit
 def _forward_kernel(Q, K, V, O, LSE, Slopes, Seeds, Segments, IsInputs, RowStart, RowEnd, Visited,
                     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
-                    stride_vb, stride_vh, stride_vs, heads, seq, scale, p,
+                    stride_vb, stride_vh, stride_vs, heads, group, seq, scale, p,
                     HEAD_DIM: tl.constexpr, D: tl.constexpr, PREFIX_LM: tl.constexpr, DROPOUT: tl.constexpr,
-                    RECORD: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                    ALIBI: tl.constexpr, RECORD: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
     block, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # 64-bit addresses past 2**31 elements
     b, h = bh // heads, bh % heads
-    k_head, v_head = K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh
+    k_head, v_head = K + b * stride_kb + (h // group) * stride_kh, V + b * stride_vb + (h // group) * stride_vh
     rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, D)
     q = _tile(Q + b * stride_qb + h * stride_qh, rows, stride_qs, dims, seq, HEAD_DIM)
     seg_rows, in_rows = _positions(Segments, IsInputs, b, rows, seq, -1)
-    slope, seed = tl.load(Slopes + h), tl.load(Seeds + bh)
+    slope, seed = _slope(Slopes, h, ALIBI), tl.load(Seeds + bh)
     lo, hi = _span(RowStart + b * seq, RowEnd + b * seq, rows, seq, BLOCK_M, BLOCK_N)
     if RECORD:
         tl.store(Visited + (bh * seq + block) * 2, lo // BLOCK_N)
@@ -161,7 +173,8 @@ def _forward_kernel(Q, K, V, O, LSE, Slopes, Seeds, Segments, IsInputs, RowStart
         cols = start + tl.arange(0, BLOCK_N)
         k, v = _tile(k_head, cols, stride_ks, dims, seq, HEAD_DIM), _tile(v_head, cols, stride_vs, dims, seq, HEAD_DIM)
         seg_cols, in_cols = _positions(Segments, IsInputs, b, cols, seq, -2)
-        s = _scores(q, k, rows, cols, slope, seg_rows, seg_cols, in_rows, in_cols, seq, scale, PREFIX_LM, PRECISION)
+        s = _scores(q, k, rows, cols, slope, seg_rows, seg_cols, in_rows, in_cols, seq, scale, PREFIX_LM, ALIBI,
+                    PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet
         probs = tl.exp(s - m_safe[:, None])
@@ -180,50 +193,56 @@ def _forward_kernel(Q, K, V, O, LSE, Slopes, Seeds, Segments, IsInputs, RowStart
 @triton.jit
 def _dkdv_kernel(Q, K, V, DO, LSE, Delta, DK, DV, Slopes, Seeds, Segments, IsInputs, ColStart, ColEnd,
                  stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
-                 stride_vb, stride_vh, stride_vs, heads, seq, scale, p,
+                 stride_vb, stride_vh, stride_vs, heads, group, seq, scale, p,
                  HEAD_DIM: tl.constexpr, D: tl.constexpr, PREFIX_LM: tl.constexpr, DROPOUT: tl.constexpr,
-                 PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    block, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # 64-bit addresses past 2**31 elements
-    b, h = bh // heads, bh % heads
-    q_head = Q + b * stride_qb + h * stride_qh
+                 ALIBI: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One program per (key block, batch x KV head): dk and dv summed over the KV head's group of
+    query heads, one after the other (deterministic, no atomics)."""
+    block, bkv = tl.program_id(0), tl.program_id(1).to(tl.int64)  # 64-bit addresses past 2**31 elements
+    kv_heads = heads // group
+    b, kvh = bkv // kv_heads, bkv % kv_heads
     cols = block * BLOCK_N + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, D)
-    k = _tile(K + b * stride_kb + h * stride_kh, cols, stride_ks, dims, seq, HEAD_DIM)
-    v = _tile(V + b * stride_vb + h * stride_vh, cols, stride_vs, dims, seq, HEAD_DIM)
+    k = _tile(K + b * stride_kb + kvh * stride_kh, cols, stride_ks, dims, seq, HEAD_DIM)
+    v = _tile(V + b * stride_vb + kvh * stride_vh, cols, stride_vs, dims, seq, HEAD_DIM)
     seg_cols, in_cols = _positions(Segments, IsInputs, b, cols, seq, -2)
-    slope, seed = tl.load(Slopes + h), tl.load(Seeds + bh)
     lo, hi = _span(ColStart + b * seq, ColEnd + b * seq, cols, seq, BLOCK_N, BLOCK_M)
     dk = tl.zeros([BLOCK_N, D], tl.float32)
     dv = tl.zeros([BLOCK_N, D], tl.float32)
-    for start in range(lo, hi, BLOCK_M):
-        rows = start + tl.arange(0, BLOCK_M)
-        q, do, lse, delta = _backward_rows(q_head, DO + bh * seq * HEAD_DIM, LSE + bh * seq, Delta + bh * seq, rows,
-                                           dims, stride_qs, seq, HEAD_DIM)
-        seg_rows, in_rows = _positions(Segments, IsInputs, b, rows, seq, -1)
-        dropped, ds = _backward_tile(q, k, v, do, lse, delta, rows, cols, slope, seed, seg_rows, seg_cols, in_rows,
-                                     in_cols, seq, scale, p, PREFIX_LM, DROPOUT, PRECISION)
-        dv += tl.dot(tl.trans(dropped.to(do.dtype)), do, input_precision=PRECISION)
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-    _store_tile(DK + bh * seq * HEAD_DIM, cols, dims, seq, dk * scale, HEAD_DIM)
-    _store_tile(DV + bh * seq * HEAD_DIM, cols, dims, seq, dv, HEAD_DIM)
+    for member in range(0, group):
+        h = kvh * group + member
+        bh = b * heads + h
+        q_head = Q + b * stride_qb + h * stride_qh
+        slope, seed = _slope(Slopes, h, ALIBI), tl.load(Seeds + bh)
+        for start in range(lo, hi, BLOCK_M):
+            rows = start + tl.arange(0, BLOCK_M)
+            q, do, lse, delta = _backward_rows(q_head, DO + bh * seq * HEAD_DIM, LSE + bh * seq, Delta + bh * seq,
+                                               rows, dims, stride_qs, seq, HEAD_DIM)
+            seg_rows, in_rows = _positions(Segments, IsInputs, b, rows, seq, -1)
+            dropped, ds = _backward_tile(q, k, v, do, lse, delta, rows, cols, slope, seed, seg_rows, seg_cols,
+                                         in_rows, in_cols, seq, scale, p, PREFIX_LM, DROPOUT, ALIBI, PRECISION)
+            dv += tl.dot(tl.trans(dropped.to(do.dtype)), do, input_precision=PRECISION)
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+    _store_tile(DK + bkv * seq * HEAD_DIM, cols, dims, seq, dk * scale, HEAD_DIM)
+    _store_tile(DV + bkv * seq * HEAD_DIM, cols, dims, seq, dv, HEAD_DIM)
 
 
 @triton.autotune(configs=_configs("dq"), key=TUNING_KEY)
 @triton.jit
 def _dq_kernel(Q, K, V, DO, LSE, Delta, DQ, Slopes, Seeds, Segments, IsInputs, RowStart, RowEnd,
                stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
-               stride_vb, stride_vh, stride_vs, heads, seq, scale, p,
+               stride_vb, stride_vh, stride_vs, heads, group, seq, scale, p,
                HEAD_DIM: tl.constexpr, D: tl.constexpr, PREFIX_LM: tl.constexpr, DROPOUT: tl.constexpr,
-               PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+               ALIBI: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     block, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)  # 64-bit addresses past 2**31 elements
     b, h = bh // heads, bh % heads
-    k_head, v_head = K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh
+    k_head, v_head = K + b * stride_kb + (h // group) * stride_kh, V + b * stride_vb + (h // group) * stride_vh
     rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, D)
     q, do, lse, delta = _backward_rows(Q + b * stride_qb + h * stride_qh, DO + bh * seq * HEAD_DIM, LSE + bh * seq,
                                        Delta + bh * seq, rows, dims, stride_qs, seq, HEAD_DIM)
     seg_rows, in_rows = _positions(Segments, IsInputs, b, rows, seq, -1)
-    slope, seed = tl.load(Slopes + h), tl.load(Seeds + bh)
+    slope, seed = _slope(Slopes, h, ALIBI), tl.load(Seeds + bh)
     lo, hi = _span(RowStart + b * seq, RowEnd + b * seq, rows, seq, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, D], tl.float32)
     for start in range(lo, hi, BLOCK_N):
@@ -231,7 +250,7 @@ def _dq_kernel(Q, K, V, DO, LSE, Delta, DQ, Slopes, Seeds, Segments, IsInputs, R
         k, v = _tile(k_head, cols, stride_ks, dims, seq, HEAD_DIM), _tile(v_head, cols, stride_vs, dims, seq, HEAD_DIM)
         seg_cols, in_cols = _positions(Segments, IsInputs, b, cols, seq, -2)
         ds = _backward_tile(q, k, v, do, lse, delta, rows, cols, slope, seed, seg_rows, seg_cols, in_rows, in_cols,
-                            seq, scale, p, PREFIX_LM, DROPOUT, PRECISION)[1]
+                            seq, scale, p, PREFIX_LM, DROPOUT, ALIBI, PRECISION)[1]
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     _store_tile(DQ + bh * seq * HEAD_DIM, rows, dims, seq, dq * scale, HEAD_DIM)
 
@@ -280,17 +299,22 @@ def visible_ranges(segment_ids: torch.Tensor, is_inputs: torch.Tensor | None = N
 MAX_SEQ = 46340  # rows * seq + cols, the dropout counter, stays below 2**31
 
 
-def _common(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, prefix_lm: bool) -> dict:
+def _common(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, prefix_lm: bool,
+            alibi: bool) -> dict:
     heads, seq, head_dim = q.shape[1], q.shape[2], q.shape[3]
     if seq > MAX_SEQ:
         raise ValueError(f"the Triton attention kernel takes rows of up to {MAX_SEQ} tokens, not {seq}")
     if not q.dtype == k.dtype == v.dtype:
         raise ValueError(f"q, k and v must share a dtype, not {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape != v.shape or heads % k.shape[1]:
+        raise ValueError(f"k and v ({tuple(k.shape)}, {tuple(v.shape)}) must have a number of heads that divides "
+                         f"q's {heads}")
     return dict(stride_qb=q.stride(0), stride_qh=q.stride(1), stride_qs=q.stride(2),
                 stride_kb=k.stride(0), stride_kh=k.stride(1), stride_ks=k.stride(2),
                 stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vs=v.stride(2),
-                heads=heads, seq=seq, scale=head_dim**-0.5, p=float(dropout_p), HEAD_DIM=head_dim,
-                D=max(16, triton.next_power_of_2(head_dim)), PREFIX_LM=prefix_lm, DROPOUT=dropout_p > 0,
+                heads=heads, group=heads // k.shape[1], seq=seq, scale=head_dim**-0.5, p=float(dropout_p),
+                HEAD_DIM=head_dim, D=max(16, triton.next_power_of_2(head_dim)), PREFIX_LM=prefix_lm,
+                DROPOUT=dropout_p > 0, ALIBI=alibi,
                 PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
 
 
@@ -309,10 +333,10 @@ class _FlashAttention(torch.autograd.Function):
         inputs = (is_inputs if prefix_lm else torch.zeros_like(segment_ids)).to(device=q.device, dtype=torch.int32).contiguous()
         ranges = visible_ranges(segment_ids, is_inputs)
         q, k, v = (_head_dim_strided(t) for t in (q, k, v))
-        slopes = slopes.to(device=q.device, dtype=torch.float32).contiguous()
+        slopes = _slopes(slopes, q.device)
         out, lse = launch_forward(q, k, v, slopes, seeds, segments, inputs, ranges, dropout_p, prefix_lm)[:2]
         ctx.save_for_backward(q, k, v, out, lse, slopes, seeds, segments, inputs, *ranges)
-        ctx.dropout_p, ctx.prefix_lm = dropout_p, prefix_lm
+        ctx.dropout_p, ctx.prefix_lm, ctx.alibi = dropout_p, prefix_lm, slopes.numel() > 0
         return out
 
     @staticmethod
@@ -323,24 +347,33 @@ class _FlashAttention(torch.autograd.Function):
         delta = (grad_out.float() * out.float()).sum(-1)
         batch, heads, seq, _ = q.shape
         dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
-        common = _common(q, k, v, ctx.dropout_p, ctx.prefix_lm)
-        _dkdv_kernel[lambda meta: (triton.cdiv(seq, meta["BLOCK_N"]), batch * heads)](
+        common = _common(q, k, v, ctx.dropout_p, ctx.prefix_lm, ctx.alibi)
+        _dkdv_kernel[lambda meta: (triton.cdiv(seq, meta["BLOCK_N"]), batch * k.shape[1])](
             q, k, v, grad_out, lse, delta, dk, dv, slopes, seeds, segments, inputs, col_start, col_end, **common)
         _dq_kernel[lambda meta: (triton.cdiv(seq, meta["BLOCK_M"]), batch * heads)](
             q, k, v, grad_out, lse, delta, dq, slopes, seeds, segments, inputs, row_start, row_end, **common)
         return dq, dk, dv, None, None, None, None, None
 
 
+def _slopes(slopes: torch.Tensor | None, device) -> torch.Tensor:
+    """The slopes as the kernels read them (fp32, contiguous); empty without ALiBi."""
+    if slopes is None:
+        return torch.empty(0, dtype=torch.float32, device=device)
+    return slopes.to(device=device, dtype=torch.float32).contiguous()
+
+
 def launch_forward(q, k, v, slopes, seeds, segments, inputs, ranges, dropout_p, prefix_lm, record=False):
     """The forward kernel on prepared inputs: `(out, lse, visited)`, where with `record` the
-    visited tensor holds, per (batch x head, query block), the key blocks `[first, last)` it read."""
+    visited tensor holds, per (batch x head, query block), the key blocks `[first, last)` it read.
+    `slopes` None (or empty): no ALiBi."""
+    slopes = _slopes(slopes, q.device)
     batch, heads, seq, _ = q.shape
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((batch, heads, seq), dtype=torch.float32, device=q.device)
     visited = torch.zeros((batch * heads, seq, 2) if record else (1,), dtype=torch.int32, device=q.device)
     _forward_kernel[lambda meta: (triton.cdiv(seq, meta["BLOCK_M"]), batch * heads)](
         q, k, v, out, lse, slopes, seeds, segments, inputs, ranges[0], ranges[1], visited,
-        RECORD=record, **_common(q, k, v, dropout_p, prefix_lm))
+        RECORD=record, **_common(q, k, v, dropout_p, prefix_lm, slopes.numel() > 0))
     return out, lse, visited
 
 
@@ -349,11 +382,12 @@ def draw_seeds(batch: int, heads: int, device: torch.device) -> torch.Tensor:
     return torch.randint(0, 2**31 - 1, (batch * heads,), dtype=torch.int64, device=device)
 
 
-def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor,
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor | None,
                     segment_ids: torch.Tensor, is_inputs: torch.Tensor | None = None,
                     dropout_p: float = 0.0) -> torch.Tensor:
     """`[b, heads, s, head_dim]` attention of packed rows (the `attention` interface of
-    `models/common/attention.py`), differentiable in q, k and v."""
+    `models/common/attention.py`: k and v `[b, kv_heads, s, head_dim]`, `slopes` None without
+    ALiBi), differentiable in q, k and v."""
     batch, heads = q.shape[:2]
     seeds = (draw_seeds(batch, heads, q.device) if dropout_p > 0
              else torch.zeros(batch * heads, dtype=torch.int64, device=q.device))

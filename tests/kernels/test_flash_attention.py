@@ -3,8 +3,9 @@ in Triton's interpreter (conftest sets TRITON_INTERPRET=1 where there is no GPU;
 forward and the three gradients without dropout for several packed layouts, head counts and TP
 slices; with dropout, its own mask applied in plain PyTorch attention gives its output and
 gradients; the query blocks visit exactly the key blocks the segment layout allows; and the whole
-model trains with it (recomputation included). GPU variants (bf16, fp16, bigger shapes) run where
-CUDA is."""
+model trains with it (recomputation included). The Llama family's case too: no ALiBi, 1, 2 or 3
+query heads per KV head, with and without dropout. GPU variants (bf16, fp16, bigger shapes) run
+where CUDA is."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from helpers.distributed import free_port, gloo_world
 from helpers.tiny import sharpen_attention, tiny_config
 
 from megatron.models.bloom.model import BloomModel
+from megatron.models.llama.config import LlamaModelConfig
+from megatron.models.llama.model import LlamaModel
 from megatron.models.common.alibi import alibi_slopes, alibi_slopes_for_rank
 from megatron.models.common.attention import alibi_bias, attention_mask, reference_attention
 from megatron.models.common.parallel_config import model_parallel_config
@@ -127,9 +130,17 @@ def test_query_blocks_visit_only_the_key_blocks_of_their_segments():
     assert col_end[0, [0, 20, 45, 57]].tolist() == [10, 40, 56, 58]
 
 
-def _model_loss_and_gradients(backend: str, checkpoint_activations: bool = False, dropout: float = 0.0):
-    config = tiny_config(attention_backend=backend, attention_dropout=dropout)
-    model = BloomModel(config, model_parallel_config(), checkpoint_activations, init_seed=3).train()
+def _model_loss_and_gradients(backend: str, checkpoint_activations: bool = False, dropout: float = 0.0,
+                              family: str = "bloom"):
+    if family == "bloom":
+        config = tiny_config(attention_backend=backend, attention_dropout=dropout)
+        model = BloomModel(config, model_parallel_config(), checkpoint_activations, init_seed=3).train()
+    else:  # 4 heads over 2 KV heads, untied head, llama3 rope scaling
+        config = LlamaModelConfig(vocab_size=256, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                                  ffn_hidden_size=48, rope_theta=100.0, rope_type="llama3", rope_factor=4.0,
+                                  rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_original_max_positions=16,
+                                  tie_word_embeddings=False, attention_backend=backend, attention_dropout=dropout)
+        model = LlamaModel(config, model_parallel_config(), checkpoint_activations, init_seed=3).train()
     sharpen_attention(model)
     tensor_parallel_rng.seed(11, 0)
     batch, _ = packed_batch()
@@ -150,6 +161,19 @@ def test_bloom_with_the_triton_backend_matches_the_reference_and_recomputes_its_
         for a, b in zip(plain, recomputed):
             assert torch.equal(a, b)
         assert not torch.equal(plain[0], _model_loss_and_gradients("triton")[0])  # the dropout was at work
+
+
+def test_llama_with_the_triton_backend_matches_the_reference_and_recomputes_its_dropout():
+    """The same for the Llama family (grouped K/V, no ALiBi, RoPE, untied head)."""
+    with gloo_world(0, 1, free_port()):
+        initialize_parallel(1, 1)
+        runs = {(backend, recompute, p): _model_loss_and_gradients(backend, recompute, p, family="llama")
+                for backend, recompute, p in (("triton", False, 0.0), ("reference", False, 0.0),
+                                              ("triton", False, 0.3), ("triton", True, 0.3))}
+    for a, b in zip(runs["triton", False, 0.0], runs["reference", False, 0.0]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(runs["triton", False, 0.3], runs["triton", True, 0.3]))
+    assert not torch.equal(runs["triton", False, 0.3][0], runs["triton", False, 0.0][0])
 
 
 @gpu
@@ -185,3 +209,61 @@ def test_a_cpu_run_without_the_interpreter_is_refused_by_name(monkeypatch, tmp_p
     with pytest.raises(ConfigError, match="set TRITON_INTERPRET=1"):
         parse_config(argv, world_size=1)
     assert parse_config([*argv, "--dry-run"], world_size=1).model.attention_backend == "triton"
+
+
+def _grouped(heads: int, kv_heads: int, seq: int = 50, head_dim: int = 16, dtype=torch.float32, seed: int = 0):
+    """q of `heads` heads, k and v of `kv_heads` (grouped-query attention)."""
+    q = _qkv(heads, seq=seq, head_dim=head_dim, dtype=dtype, seed=seed)[0]
+    k, v = _qkv(kv_heads, seq=seq, head_dim=head_dim, dtype=dtype, seed=seed + 1)[:2]
+    return q, k, v
+
+
+@pytest.mark.parametrize("prefix_lm", [False, True], ids=["causal", "prefix_lm"])
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (4, 2), (6, 2)], ids=["group_1", "group_2", "group_3"])
+def test_grouped_query_attention_without_alibi_matches_the_reference(heads, kv_heads, prefix_lm):
+    """The Llama family's case: no slopes, query head h reading KV head h // group; dk and dv
+    summed over the group's query heads (odd row length, several pairs, padding)."""
+    q, k, v = _grouped(heads, kv_heads)
+    args = (None, SEGMENTS.to(DEVICE), INPUTS.to(DEVICE) if prefix_lm else None)
+    ours = _output_and_gradients(triton_kernel.flash_attention, q, k, v, *args)
+    reference = _output_and_gradients(reference_attention, q, k, v, *args)
+    assert ours[2].shape == k.shape and ours[3].shape == v.shape
+    for name, a, b in zip(("output", "dq", "dk", "dv"), ours, reference):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
+
+
+def test_grouped_query_dropout_is_the_kernels_own_mask_applied_in_plain_attention():
+    """With 3 query heads per KV head and no ALiBi: plain attention over K/V repeated per query
+    head, with the kernel's regenerated mask, gives its output and gradients (the repeat's
+    backward sums each group, as the kernel's dk/dv programs do)."""
+    p, heads, kv_heads = 0.3, 6, 2
+    q, k, v = _grouped(heads, kv_heads, seq=40)
+    segments = SEGMENTS[:, :40].to(DEVICE)
+    torch.manual_seed(5)
+    ours = _output_and_gradients(triton_kernel.flash_attention, q, k, v, None, segments, None, p)
+    torch.manual_seed(5)
+    keep = triton_kernel.dropout_keep_mask(triton_kernel.draw_seeds(2, heads, q.device), 2, heads, 40, p)
+
+    def repeated(q, k, v, *args):
+        group = heads // kv_heads
+        return _attention_with_mask(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), *args)
+
+    plain = _output_and_gradients(repeated, q, k, v, None, segments, keep, p)
+    for name, a, b in zip(("output", "dq", "dk", "dv"), ours, plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 2e-2), (torch.float16, 5e-3)])
+def test_grouped_query_attention_in_half_precision_on_a_gpu_matches_the_fp32_reference(dtype, tolerance):
+    """Llama-3-8B's head layout per TP rank (32 query heads over 8 KV heads, head dim 128), rows of
+    1,000 tokens in several pairs, no ALiBi, autotuned blocks."""
+    q, k, v = _grouped(32, 8, seq=1000, head_dim=128, dtype=dtype)
+    segments = torch.tensor([[1] * 300 + [2] * 450 + [3] * 200 + [0] * 50, [1] * 1000], device=DEVICE)
+    ours = _output_and_gradients(triton_kernel.flash_attention, q, k, v, None, segments, None)
+    reference = _output_and_gradients(reference_attention, *(t.detach().float().requires_grad_() for t in (q, k, v)),
+                                      None, segments, None)
+    keep = (segments > 0)[:, None, :, None]
+    for a, b in zip(ours, reference):  # padding rows' outputs (and their share of dk, dv) are never used
+        torch.testing.assert_close((a.float() * keep), b * keep, rtol=tolerance, atol=tolerance)

@@ -175,6 +175,29 @@ def test_flex_attention_matches_the_reference(prefix_lm, dtype, tolerance):
             torch.testing.assert_close(a.float(), b.float(), rtol=max(tolerance, 1e-3), atol=max(tolerance, 1e-4))
 
 
+@pytest.mark.parametrize("dtype,tolerance", PRECISIONS)
+def test_flex_attention_with_grouped_kv_heads_and_no_alibi_matches_the_reference(dtype, tolerance):
+    """The Llama family's call: 8 query heads over 2 KV heads (`enable_gqa`), no score modifier;
+    forward on CPU, forward and backward on a GPU."""
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(2, 8, 200, 16, generator=g).to(DEVICE, dtype)
+    k, v = (torch.randn(2, 2, 200, 16, generator=g).to(DEVICE, dtype) for _ in range(2))
+    segment_ids = torch.tensor([[1] * 70 + [2] * 90 + [0] * 40, [1] * 150 + [2] * 50], device=DEVICE)
+    if DEVICE == "cuda":
+        for t in (q, k, v):
+            t.requires_grad_()
+    flex = flex_attention(q, k, v, None, segment_ids)
+    reference = reference_attention(*(t.float() for t in (q, k, v)), None, segment_ids)
+    keep = segment_ids > 0
+    torch.testing.assert_close(flex.transpose(1, 2)[keep].float(), reference.transpose(1, 2)[keep],
+                               rtol=max(tolerance, 1e-4), atol=max(tolerance, 1e-5))
+    if DEVICE == "cuda":
+        grad = torch.randn(flex.shape, device=DEVICE)
+        for a, b in zip(torch.autograd.grad(flex, (q, k, v), grad.to(dtype)),
+                        torch.autograd.grad(reference, (q, k, v), grad)):
+            torch.testing.assert_close(a.float(), b.float(), rtol=max(tolerance, 1e-3), atol=max(tolerance, 1e-4))
+
+
 def test_flex_attention_rebuilds_its_block_mask_for_changed_segments():
     """Two segments of 256 leave whole 128-blocks masked (skipped); one segment of 512 in the same
     tensor, changed in place, must not reuse that block mask."""

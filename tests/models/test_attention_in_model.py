@@ -1,7 +1,8 @@
 """Attention inside our BLOOM (one process, TP=1, eval): the flex backend (FlexAttention, forward
 only on CPU) gives the reference backend's logits on a packed row, causal and prefix LM; and what
 a position sees: with --prefix-lm an input token sees its pair's later inputs, never its targets
-or another pair; without it, nothing later."""
+or another pair; without it, nothing later. The flex backend also for the Llama family (grouped
+K/V, no ALiBi)."""
 
 from __future__ import annotations
 
@@ -82,3 +83,26 @@ def test_without_prefix_lm_no_position_sees_a_later_token(backend):
         later = logits(backend, False, changed_at(changed))
         assert torch.equal(later[7:changed], plain[7:changed]), changed
         assert moved(later[changed], plain[changed]) > 1e-3, changed
+
+
+def llama_logits(backend: str, prefix_lm: bool) -> torch.Tensor:
+    """The same for a tiny Llama-family model: 4 heads over 2 KV heads, RoPE, no ALiBi."""
+    from megatron.models.llama.config import LlamaModelConfig
+    from megatron.models.llama.model import LlamaModel
+
+    config = LlamaModelConfig(vocab_size=256, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                              ffn_hidden_size=48, rope_theta=100.0, attention_backend=backend, prefix_lm=prefix_lm)
+    model = LlamaModel(config, model_parallel_config(), init_seed=5).eval()
+    sharpen_attention(model)
+    batch, _ = packed_batch()
+    with torch.no_grad():
+        return model(batch["tokens"], batch["segment_ids"], batch["is_inputs"])[0]
+
+
+@pytest.mark.parametrize("prefix_lm", [False, True], ids=["causal", "prefix_lm"])
+def test_flex_backend_gives_the_reference_logits_for_grouped_query_attention(prefix_lm):
+    """FlexAttention with `enable_gqa`, no score modifier and the segment block mask gives the
+    reference's logits for the Llama family."""
+    flex, reference = llama_logits("flex", prefix_lm), llama_logits("reference", prefix_lm)
+    assert moved(reference, llama_logits("reference", not prefix_lm)) > 1e-2
+    torch.testing.assert_close(flex, reference, rtol=1e-4, atol=1e-5)

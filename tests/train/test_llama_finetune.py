@@ -60,7 +60,8 @@ def common_args(demo_dir, demo_data, checkpoint: Path, iters: int = 6) -> list:
 LAYOUTS = {
     "llama": {"single": (1, []), "tp2_chunked_head": (2, [*TP2, "--lm-head-loss", "chunked"]), "pp2": (2, PP2),
               "tp2_pp2": (4, [*TP2, *PP2]), "dp2_zero1": (2, ["--zero-stage", "1"]),
-              "dp2_zero3": (2, ["--zero-stage", "3"])},
+              "dp2_zero3": (2, ["--zero-stage", "3"]),
+              "tp2_triton_attention": (2, [*TP2, "--attention-backend", "triton"])},  # Triton's interpreter on CPU
     "qwen2": {"single": (1, []), "tp2_pp2": (4, [*TP2, *PP2])},  # the tied embedding on both pipeline ends
 }
 
@@ -71,7 +72,8 @@ LAYOUTS = {
 @pytest.mark.parametrize("kind", LAYOUTS)
 def test_layouts_give_the_single_process_loss_curve(demo_dir, demo_data, converted, tmp_path, kind):
     """TP=2 (one KV group per rank; the untied head with the chunked LM head loss), PP=2,
-    TP=2 x PP=2, DP=2 under ZeRO-1 (pipeline engine) and ZeRO-3 (whole-model engine) reproduce
+    TP=2 x PP=2, DP=2 under ZeRO-1 (pipeline engine) and ZeRO-3 (whole-model engine), and TP=2 with
+    the Triton attention kernel (grouped K/V, no ALiBi) reproduce
     one process's loss and gradient-norm curve, with clipping active, and score the zero-shot
     tasks (`--eval-tasks`) of the starting model alike; the first validation (iteration 0) is
     transformers' loss on the same rows' pairs, each pair alone."""

@@ -133,16 +133,8 @@ def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: 
                      segment_ids: torch.Tensor, is_inputs: torch.Tensor | None = None,
                      dropout_p: float = 0.0) -> torch.Tensor:
     """The `reference_attention` interface on our Triton kernel (imported at first use: Triton
-    is optional, and on CPU its interpreter must be chosen before it is imported). The kernel
-    takes one KV head per query head and a slope per head: grouped K/V are repeated for it (their
-    gradients summed back by autograd) and no ALiBi is a zero slope."""
+    is optional, and on CPU its interpreter must be chosen before it is imported)."""
     from megatron.kernels.flash_attention import flash_attention as triton_flash_attention
-
-    group = q.shape[1] // k.shape[1]
-    if group > 1:
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    if slopes is None:
-        slopes = torch.zeros(q.shape[1], dtype=torch.float32, device=q.device)
 
     return triton_flash_attention(q, k, v, slopes, segment_ids, is_inputs, dropout_p)
 
