@@ -1,6 +1,8 @@
-# The shared part of the bloomz-*.slurm recipes, sourced after they set the model and its layout
-# (RUN_NAME NLAYERS NHIDDEN NHEADS TP PP MICRO_BATCH_SIZE GLOBAL_BATCH_SIZE PRECISION TRAIN_ITERS
-# DEFAULT_NNODES DS_CONFIG). It builds finetune_xp3.py's flags, then either prints the launch plan
+# The shared part of the recipes (bloomz-*.slurm, llama-3.1-8b-xp3.slurm, qwen2.5-7b-xp3.slurm),
+# sourced after they set the model and its layout (RUN_NAME NLAYERS NHIDDEN NHEADS TP PP
+# MICRO_BATCH_SIZE GLOBAL_BATCH_SIZE PRECISION TRAIN_ITERS DEFAULT_NNODES DS_CONFIG, and for a
+# family other than BLOOM its architecture flags ARCH_FLAGS and its padded vocabulary
+# PADDED_VOCAB). It builds finetune_xp3.py's flags, then either prints the launch plan
 # (DRY_RUN=1: world size, gradient accumulation, stages, memory per GPU; nothing launched, no GPU
 # needed) or starts one process per GPU with srun.
 #
@@ -17,7 +19,7 @@
 # the requeued ones from CHECKPOINT_DIR as always.
 #
 # Environment (defaults in brackets):
-#   TOKENIZER        a local BLOOM tokenizer folder (the HF checkpoint has one)         [required]
+#   TOKENIZER        the model's local tokenizer folder (the HF checkpoint has one)    [required]
 #   INIT_CHECKPOINT  the HF checkpoint converted for this TP by
 #                    tools/convert_checkpoint/hf_to_megatron.py  [$REPO_DIR/checkpoints/$RUN_NAME-init]
 #   UNIVERSAL_FROM   a checkpoint folder with a universal checkpoint to start from instead   [unset]
@@ -33,7 +35,7 @@
 
 REPO_DIR=${REPO_DIR:-${SLURM_SUBMIT_DIR:-$PWD}}
 PYTHON=${PYTHON:-python3}
-TOKENIZER=${TOKENIZER:?set TOKENIZER to a local BLOOM tokenizer folder}
+TOKENIZER=${TOKENIZER:?set TOKENIZER to a local tokenizer folder of the model}
 INIT_CHECKPOINT=${INIT_CHECKPOINT:-$REPO_DIR/checkpoints/$RUN_NAME-init}
 CHECKPOINT_DIR=${CHECKPOINT_DIR:-$REPO_DIR/checkpoints/$RUN_NAME}
 DATA_DIR=${DATA_DIR:-$REPO_DIR/data/xp3}
@@ -56,7 +58,8 @@ FLAGS=(
     --tensor-model-parallel-size "$TP" --pipeline-model-parallel-size "$PP"
     --pp-partition-method "type:transformer|embedding"
     --num-layers "$NLAYERS" --hidden-size "$NHIDDEN" --num-attention-heads "$NHEADS"
-    --tokenizer-name-or-path "$TOKENIZER" --pad-vocab-size-to 250880
+    ${ARCH_FLAGS[@]+"${ARCH_FLAGS[@]}"}
+    --tokenizer-name-or-path "$TOKENIZER" --pad-vocab-size-to "${PADDED_VOCAB:-250880}"
     --seq-length 2048 --micro-batch-size "$MICRO_BATCH_SIZE" --global-batch-size "$GLOBAL_BATCH_SIZE"
     --train-iters "$TRAIN_ITERS" "--$PRECISION" --seed 42 --checkpoint-activations
     --optimizer adam --adam-beta1 0.9 --adam-beta2 0.95 --adam-eps 1e-8 --weight-decay 1e-4

@@ -13,7 +13,7 @@ set -euo pipefail
 REPO_DIR=${REPO_DIR:-$PWD}
 PYTHON=${PYTHON:-python3}
 : "${XP3_DIR:?set XP3_DIR to the xP3 download (one folder per language)}"
-: "${TOKENIZER:?set TOKENIZER to a local BLOOM tokenizer folder}"
+: "${TOKENIZER:?set TOKENIZER to a local tokenizer folder of the model}"
 export REPO_DIR PYTHON DATA_DIR=${DATA_DIR:-$REPO_DIR/data/xp3}
 
 # shellcheck source=examples/slurm/xp3_languages.sh

@@ -121,6 +121,14 @@ def _on(flag: bool) -> str:
     return "on" if flag else "off"
 
 
+FUSIONS = (("bias_gelu_fusion", "compiled bias + GeLU"), ("bias_dropout_fusion", "bias + dropout + residual"))
+
+
+def _fusions(config) -> str:
+    """The compiled fusions the family's config has, on or off."""
+    return ", ".join(f"{what} {_on(getattr(config, field))}" for field, what in FUSIONS if hasattr(config, field))
+
+
 def describe(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, config) -> str:
     """The dry run's report."""
     par, batch = train.parallel, train.batch
@@ -146,8 +154,7 @@ def describe(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, config) -> str
           f"{_count(total)} parameters; {spec.flops_per_token(config, train.data.seq_length) / 1e9:.2f} GFLOPs "
           f"per token ({spec.flops_formula})",
         f"precision {train.precision}, ZeRO-{par.zero_stage}, attention {config.attention_backend}, "
-        f"LM head loss {config.lm_head_loss}, compiled bias + GeLU {_on(config.bias_gelu_fusion)}, "
-        f"bias + dropout + residual {_on(config.bias_dropout_fusion)}, "
+        f"LM head loss {config.lm_head_loss}, {_fusions(config)}, "
         f"{'PipelineModule' if train.parallel.uses_pipeline else 'whole model on every GPU'}, activation "
         f"recomputation {_on(train.model.checkpoint_activations)}",
         f"starts from: {start}",

@@ -142,9 +142,9 @@ def run_metadata(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, vocab_size
         try:
             config = spec.config_class(vocab, args.hidden_size, args.num_layers, args.num_heads,
                                        init_method_std=args.init_method_std, **_family_fields(spec, args, True))
-        except ValueError as error:
+            hf_config = config.to_hf(vocab_size, bos_token_id=eod, eos_token_id=eod, pad_token_id=pad).to_dict()
+        except ValueError as error:  # a shape that does not split, a model no HF class holds
             raise ConfigError(str(error)) from None
-        hf_config = config.to_hf(vocab_size, bos_token_id=eod, eos_token_id=eod, pad_token_id=pad).to_dict()
     else:
         try:
             meta = read_metadata(plan.folder)

@@ -1,8 +1,9 @@
 """The SLURM scripts of `examples/slurm/` as a user runs them, minus the cluster: they pass
 `bash -n` and shellcheck; the xP3 preprocessing array task and the data-mixture tool turn an xP3
 folder layout into datasets and mixture files (weights from the preprocessed bytes); and each
-BLOOMZ recipe's dry run prints its world size, gradient accumulation, stages and memory estimate
-without launching anything."""
+BLOOMZ recipe's dry run (and the Llama-3.1-8B and Qwen2.5-7B ones') prints its world size,
+gradient accumulation, stages and memory estimate without launching anything, the memory pinned
+to a figure derived by hand."""
 
 from __future__ import annotations
 
@@ -57,6 +58,24 @@ def xp3_data(demo_dir, tmp_path_factory) -> Path:
     return data
 
 
+def test_preprocessing_task_puts_the_bos_first_when_asked(xp3_data, demo_dir, tmp_path):
+    """PREPEND_BOS=inputs (Llama 3's tokenizers want their BOS): every input document starts with
+    the tokenizer's BOS, targets unchanged."""
+    from megatron.data.pairs import PairDataset
+    from megatron.data.tokenizer import HFTokenizer
+
+    env = dict(os.environ, XP3_DIR=str(xp3_data.parent / "xP3"), TOKENIZER=str(demo_dir / "tokenizer"),
+               DATA_DIR=str(tmp_path), LANGUAGES="sw", PREPEND_BOS="inputs", PYTHON=sys.executable,
+               REPO_DIR=str(REPO), SLURM_ARRAY_TASK_ID="0")
+    subprocess.run(["bash", SLURM / "preprocess_xp3.slurm"], env=env, check=True, capture_output=True)
+    with_bos, plain = PairDataset(tmp_path / "xp3_sw"), PairDataset(xp3_data / "xp3_sw")
+    bos = HFTokenizer(demo_dir / "tokenizer").bos
+    assert len(with_bos) == len(plain) == LANGUAGES["sw"]
+    for i in range(len(plain)):
+        assert with_bos.inputs(i).tolist() == [bos, *plain.inputs(i).tolist()]
+        assert with_bos.targets(i).tolist() == plain.targets(i).tolist()
+
+
 def test_mixture_weights_follow_the_preprocessed_bytes(xp3_data):
     (train,) = shlex.split((xp3_data / "xp3_train.txt").read_text())
     group = parse_weighted_split_group(train, "train")
@@ -97,12 +116,22 @@ GIB = 2**30
 S, V = 2048, 250880  # rows of 2,048 tokens; the vocabulary padded to 250,880 (--pad-vocab-size-to)
 
 
-def _activations(h: int, t: int, b: int, blocks: int, in_flight: int) -> float:
+def _activations(h: int, t: int, b: int, blocks: int, in_flight: int, split: float = 24) -> float:
     """Bytes in half precision with every block recomputed: each block's input (2sbh) and the
     stage's output per micro-batch in flight, and one block's full set during its backward,
-    sbh(10 + 24/t), with no attention scores held (the Triton attention kernel)."""
+    sbh(10 + split/t) (BLOOM's 24: q, k, v, the projection's input, the MLP's 4h twice), with no
+    attention scores held (the Triton attention kernel)."""
     sbh = S * b * h
-    return (blocks + 1) * in_flight * 2 * sbh + sbh * (10 + 24 / t)
+    return (blocks + 1) * in_flight * 2 * sbh + sbh * (10 + split / t)
+
+
+def _llama(h: int, a: int, g: int, f: int, layers: int, vocab: int, t: int, d: int = 128) -> tuple[int, float]:
+    """A Llama-family model's parameters on one of t tensor ranks (q and o a*d*h each, k and v
+    g*d*h each, SwiGLU 3hf, an untied head as large as the embedding; norms negligible), and its
+    block's split activations per token in units of h x 2 bytes: q and the projection's input
+    2ad each, k and v 2gd each, SwiGLU's gate, up, silu(gate) and product 8f."""
+    block = 2 * a * d * h + 2 * g * d * h + 3 * h * f
+    return (layers * block + 2 * vocab * h) // t, (4 * a * d + 4 * g * d + 8 * f) / h
 
 
 # Each recipe's peak memory per GPU, derived by hand (GiB). P parameters on a GPU cost 2P for the
@@ -124,6 +153,15 @@ EXPECTED_PEAK_GIB = {
     # flight under 1F1B
     "bloomz-176b": (V * 14336 * (2 + 4 + 12 / 4) + 72 * 2 * S * 14336) / GIB,
 }
+# The Llama-family recipes, bf16 (4P for the gradients), TP2 PP1 DP32, micro-batch 2
+LLAMA_3_1_8B = _llama(h=4096, a=32, g=8, f=14336, layers=32, vocab=128256, t=2)
+QWEN2_5_7B = _llama(h=3584, a=28, g=4, f=18944, layers=28, vocab=152064, t=2)
+EXPECTED_PEAK_GIB |= {
+    "llama-3.1-8b-xp3": (LLAMA_3_1_8B[0] * (2 + 4 + 12 / 32) + _activations(4096, 2, 2, 32, 1, LLAMA_3_1_8B[1])
+                         + GIB) / GIB,
+    "qwen2.5-7b-xp3": (QWEN2_5_7B[0] * (2 + 4 + 12 / 32) + _activations(3584, 2, 2, 28, 1, QWEN2_5_7B[1])
+                       + GIB) / GIB,
+}
 
 RECIPES = {  # recipe -> (world line, gradient accumulation, stage lines expected)
     "bloomz-560m": ("world size 16 = TP 1 x PP 1 x DP 16", 64, ["stage 0 ", "embedding + 24 blocks + final norm + LM head"]),
@@ -131,11 +169,18 @@ RECIPES = {  # recipe -> (world line, gradient accumulation, stage lines expecte
     "bloomz-7b1": ("world size 64 = TP 1 x PP 1 x DP 64", 8, ["embedding + 30 blocks + final norm + LM head"]),
     "bloomz-176b": ("world size 288 = TP 1 x PP 72 x DP 4", 512,
                     ["stage 0 ", " embedding\n", "stages 1-69 ", "1 block each", "stage 70 ", "1 block + final norm", "stage 71 ", "LM head\n"]),
+    "llama-3.1-8b-xp3": ("world size 64 = TP 2 x PP 1 x DP 32", 32,
+                         ["embedding + 32 blocks + final norm + LM head", "llama, 32 layers, hidden 4096, 32 heads over "
+                          "8 KV heads, vocabulary 128256, LM head untied: 8.03B parameters"]),
+    "qwen2.5-7b-xp3": ("world size 64 = TP 2 x PP 1 x DP 32", 32,
+                       ["embedding + 28 blocks + final norm + LM head", "llama, 28 layers, hidden 3584, 28 heads over "
+                        "4 KV heads, vocabulary 152064, LM head untied: 7.62B parameters"]),
 }
+FUSIONS = {"bloom": "compiled bias + GeLU on, bias + dropout + residual on", "llama": "bias + dropout + residual on"}
 
 
-@pytest.mark.parametrize("recipe", [pytest.param(r, marks=[] if r == "bloomz-1b7" else pytest.mark.slow)
-                                    for r in RECIPES])
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=[] if r in ("bloomz-1b7", "llama-3.1-8b-xp3")
+                                                    else pytest.mark.slow) for r in RECIPES])
 def test_recipe_dry_run_prints_the_layout_and_memory(recipe, demo_dir, xp3_data, tmp_path):
     out = _dry_run(recipe, demo_dir, xp3_data, tmp_path)
     world, accumulation, stage_lines = RECIPES[recipe]
@@ -144,7 +189,8 @@ def test_recipe_dry_run_prints_the_layout_and_memory(recipe, demo_dir, xp3_data,
     assert f"gradient accumulation {accumulation} = global" in out
     assert "rows of 2048 tokens" in out
     # a GPU launch picks the fused paths, attention dropout 0.1 included (the Triton kernel)
-    assert "attention triton, LM head loss chunked, compiled bias + GeLU on, bias + dropout + residual on" in out
+    family = "bloom" if recipe.startswith("bloomz") else "llama"
+    assert f"attention triton, LM head loss chunked, {FUSIONS[family]}, PipelineModule" in out
     assert "starts from: random initialisation" in out  # no converted checkpoint in this test
     assert "train: 2 datasets" in out and "valid_xp3_fr: 1 datasets" in out
     for expected in stage_lines:

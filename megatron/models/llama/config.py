@@ -43,7 +43,8 @@ class LlamaModelConfig:
     output_bias: bool = False
     mlp_bias: bool = False
     sliding_window: int | None = None  # Mistral's or Qwen2's window; must cover the sequence
-    hf_model_type: str = "llama"  # the HF class the export writes: llama, qwen2 or mistral
+    hf_model_type: str = ""  # the HF class the export writes: llama, qwen2 or mistral ("": qwen2 for
+    # q/k/v biases alone, as Qwen2 has them, else llama)
     init_method_std: float = 0.02
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
@@ -60,7 +61,9 @@ class LlamaModelConfig:
         if not self.head_dim and self.hidden_size % self.num_heads:
             raise ValueError(f"--hidden-size {self.hidden_size} is not divisible by --num-attention-heads "
                              f"{self.num_heads}: give --kv-channels")
-        defaults = {"num_kv_heads": self.num_kv_heads or self.num_heads,
+        only_qkv_bias = self.qkv_bias and not (self.output_bias or self.mlp_bias)
+        defaults = {"hf_model_type": self.hf_model_type or ("qwen2" if only_qkv_bias else "llama"),
+                    "num_kv_heads": self.num_kv_heads or self.num_heads,
                     "head_dim": self.head_dim or (self.hidden_size // self.num_heads),
                     "ffn_hidden_size": self.ffn_hidden_size or int(4 * self.hidden_size * 2 / 3 / 64) * 64}
         for name, value in defaults.items():  # explicit in the checkpoint's metadata
