@@ -11,9 +11,12 @@ rewritten after every step, so what finished is kept when time runs out:
      rows of 2,048 tokens, 30 iterations each, BLOOMZ's dropouts, the fused paths on (the defaults
      on a GPU), fp16 with DeepSpeed's dynamic loss scaling: losses, loss scale, tokens/s, target
      tokens/s, TFLOPs, MFU, peak memory;
-  3. train_step: `bench/train_step.py` for the 560m and 1b7 shapes in bf16 (ours fused / ours
-     reference / transformers padded, then `bench/lm_head.py`'s LM head + loss alone, then
-     attention against the sequence length).
+  3. train_step: `bench/train_step.py` for the 560m shape in bf16 (ours fused / ours reference /
+     transformers padded, then `bench/lm_head.py`'s LM head + loss alone, then attention against
+     the sequence length); the 1b7 shape was dropped to make room for the next step (a second
+     BLOOM size says least about what is new);
+  4. train_step_llama: the same for Llama-3.2-1B's shape (16 layers, hidden 2048, 32 heads over 8
+     KV heads, SwiGLU 8192, vocabulary 128,256, tied), against `LlamaForCausalLM`.
 
 The fp16 run takes the BLOOMZ recipes' loss scaling (`examples/slurm/ds_config_bloomz-560m.json`).
 A step that runs out of its time is killed with every process it started. `--rehearse` runs the
@@ -48,12 +51,14 @@ def shapes(rehearse: bool) -> dict:
         return {"model": ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4"],
                 "seq": "128", "micro": "2", "global": "4", "iters": "6", "log": "2", "rows": "600",
                 "train_step": ["--model", "tiny", "--steps", "1", "--dtype", "fp32", "--seq-length", "128",
-                               "--attention-seq-lengths", "64", "--attention-heads", "2"]}
+                               "--attention-seq-lengths", "64", "--attention-heads", "2"],
+                "train_step_llama": ["--model", "llama-tiny", "--steps", "1", "--dtype", "fp32", "--seq-length", "128",
+                                     "--attention-seq-lengths"]}
     return {"model": ["--num-layers", "24", "--hidden-size", "1024", "--num-attention-heads", "16",
                       "--pad-vocab-size-to", "250880"],
             "seq": "2048", "micro": "4", "global": "32", "iters": "30", "log": "10", "rows": "20000",
-            "train_step": ["--model", "560m", "--model", "1b7", "--steps", "5",
-                           "--attention-seq-lengths", "512", "1024", "2048", "4096"]}
+            "train_step": ["--model", "560m", "--steps", "5", "--attention-seq-lengths", "512", "1024", "2048", "4096"],
+            "train_step_llama": ["--model", "llama-3.2-1b", "--steps", "5", "--attention-seq-lengths"]}
 
 
 class Check:
@@ -201,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     data = prepare_data(check, size)
     for precision in ("bf16", "fp16"):
         finetune(check, size, data, precision)
-    bench(check, "train_step", "train_step.py", size["train_step"], 150)
+    bench(check, "train_step", "train_step.py", size["train_step"], 120)
+    bench(check, "train_step_llama", "train_step.py", size["train_step_llama"], 100)
     print((args.out / "gpu_report.md").read_text())
     steps = check.report["steps"].values()
     return 0 if all(s["status"] == "ok" or s["status"].startswith("skipped") for s in steps) else 1

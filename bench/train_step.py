@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Benchmark of one training step (forward, backward, AdamW) on whatever device is there, for
-BLOOM shapes on packed rows of xP3-like pairs, in three versions on the same pairs:
+BLOOM and Llama-family shapes on packed rows of xP3-like pairs, in three versions on the same
+pairs:
 
-  (a) ours: BloomModel with `--lm-head-loss chunked`, the compiled bias + GeLU and bias + dropout
-      + residual, and `--attention-backend flex` (on GPUs; FlexAttention has no CPU backward);
-  (b) ours on the reference path (SDPA over a materialised bias, full logits);
-  (c) transformers' BloomForCausalLM (eager attention) on the same pairs one per row, padded to
-      the longest: what a user of the plain HF trainer gets.
+  (a) ours: the family's model with `--lm-head-loss chunked`, its compiled fusions (BLOOM's bias
+      + GeLU and bias + dropout + residual; the Llama family's dropout + residual), and
+      `--attention-backend flex` (on GPUs; FlexAttention has no CPU backward);
+  (b) ours on the reference path (SDPA over a materialised mask, full logits);
+  (c) transformers' model (`BloomForCausalLM`, `LlamaForCausalLM`; eager attention) on the same
+      pairs one per row, padded to the longest: what a user of the plain HF trainer gets.
 
 Reported per version: tokens/s (real tokens, no padding), target tokens/s, model TFLOPs per
 device and MFU (formula printed; peaks of known GPUs), peak memory (the GPU's allocator, or the
@@ -17,6 +19,7 @@ which only proves it runs). Counted model FLOPs are those of the real tokens (pa
 padding are not work).
 
     python bench/train_step.py --model 560m --model 1b7           # on a GPU, bf16
+    python bench/train_step.py --model llama-3.2-1b               # Llama-3.2-1B's shape, on a GPU
     python bench/train_step.py --model tiny --steps 2 --dtype fp32 \
         --attention-seq-lengths 64 --attention-heads 2              # a CPU smoke run (TRITON_INTERPRET=1)
 """
@@ -30,22 +33,28 @@ import torch
 import torch.distributed as dist
 from harness import DTYPES, packed_pairs, start_one_process, timed
 from lm_head import bench_lm_head
-from transformers import BloomConfig, BloomForCausalLM
+from transformers import AutoModelForCausalLM
 
+from megatron.models import get_model_spec
 from megatron.models.common.loss import loss_weights
 from megatron.models.common.alibi import alibi_slopes
 from megatron.models.common.attention import flex_attention, reference_attention, triton_attention
-from megatron.models.bloom.model import BloomModel
-from megatron.models.bloom.config import BloomModelConfig
 from megatron.models.common.parallel_config import model_parallel_config
-from megatron.models.bloom.config import FLOPS_FORMULA, model_flops_per_token
 from megatron.train.metrics import peak_tflops
 
-SHAPES = {  # name -> (layers, hidden, heads, vocabulary, micro-batch rows)
-    "560m": (24, 1024, 16, 250880, 4),
-    "1b7": (24, 2048, 16, 250880, 2),
-    "tiny": (2, 64, 4, 1024, 2),
+LLAMA_3_2_1B = dict(num_layers=16, hidden_size=2048, num_heads=32, num_kv_heads=8, head_dim=64, ffn_hidden_size=8192,
+                    rope_theta=500000.0, rope_type="llama3", rope_factor=32.0, rope_low_freq_factor=1.0,
+                    rope_high_freq_factor=4.0, rope_original_max_positions=8192, tie_word_embeddings=True)
+SHAPES = {  # name -> (family, its model config's shape fields, vocabulary, micro-batch rows)
+    "560m": ("bloom", dict(num_layers=24, hidden_size=1024, num_heads=16), 250880, 4),
+    "1b7": ("bloom", dict(num_layers=24, hidden_size=2048, num_heads=16), 250880, 2),
+    "tiny": ("bloom", dict(num_layers=2, hidden_size=64, num_heads=4), 1024, 2),
+    "llama-3.2-1b": ("llama", LLAMA_3_2_1B, 128256, 4),
+    "llama-tiny": ("llama", dict(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, ffn_hidden_size=128),
+                   1024, 2),
 }
+# the fused paths of (a), those a family's config has
+FUSED = dict(lm_head_loss="chunked", bias_gelu_fusion=True, bias_dropout_fusion=True)
 VERSIONS = ("(a) ours, fused", "(b) ours, reference path", "(c) transformers, padded")
 
 
@@ -62,8 +71,8 @@ def padded_pairs(pairs: list[tuple[int, int]], vocab: int, seed: int) -> dict[st
     return {"input_ids": ids, "attention_mask": attention, "labels": labels}
 
 
-def ours_step(config: BloomModelConfig, dtype: torch.dtype, device: str, batch: dict[str, torch.Tensor]):
-    model = BloomModel(config, model_parallel_config(dtype), init_seed=0).to(device)
+def ours_step(spec, config, dtype: torch.dtype, device: str, batch: dict[str, torch.Tensor]):
+    model = spec.build_model(config, model_parallel_config(dtype), init_seed=0).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
     batch = {k: v.to(device) for k, v in batch.items()}
 
@@ -74,11 +83,10 @@ def ours_step(config: BloomModelConfig, dtype: torch.dtype, device: str, batch: 
     return step
 
 
-def hf_step(shape: tuple, dtype: torch.dtype, device: str, batch: dict[str, torch.Tensor]):
-    layers, hidden, heads, vocab, _ = shape
-    config = BloomConfig(vocab_size=vocab, hidden_size=hidden, n_layer=layers, n_head=heads,
-                         hidden_dropout=0.0, attention_dropout=0.0, attn_implementation="eager")
-    model = BloomForCausalLM(config).to(device=device, dtype=dtype).train()
+def hf_step(config, dtype: torch.dtype, device: str, batch: dict[str, torch.Tensor]):
+    """transformers' model of our `config` (the family's `to_hf`: no dropout, the same shape)."""
+    hf_config = config.to_hf(config.vocab_size)
+    model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager").to(device=device, dtype=dtype).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
     batch = {k: v.to(device) for k, v in batch.items()}
 
@@ -90,24 +98,28 @@ def hf_step(shape: tuple, dtype: torch.dtype, device: str, batch: dict[str, torc
 
 
 def bench_model(name: str, dtype_name: str, steps: int, seq: int, device: str) -> None:
-    shape = SHAPES[name]
-    layers, hidden, heads, vocab, rows = shape
+    family, fields, vocab, rows = SHAPES[name]
+    spec = get_model_spec(family)
     dtype = DTYPES[dtype_name]
     batch, pairs = packed_pairs(rows, seq, vocab, seed=0)
     real_tokens = sum(i + t for i, t in pairs)
     target_tokens = int(loss_weights(batch["loss_mask"], batch["segment_ids"], True).gt(0).sum())
-    base = BloomModelConfig(vocab, hidden, layers, heads)
-    flops = model_flops_per_token(base, seq) * real_tokens
+    base = spec.config_class(vocab_size=vocab, **fields)
+    flops = spec.flops_per_token(base, seq) * real_tokens
     peak = peak_tflops(dtype_name)
+    has = {f.name for f in dataclasses.fields(base)}
     fused_config = dataclasses.replace(base, attention_backend="flex" if device == "cuda" else "reference",
-                                       lm_head_loss="chunked", bias_gelu_fusion=True, bias_dropout_fusion=True)
+                                       **{k: v for k, v in FUSED.items() if k in has})
     versions = {
-        VERSIONS[0]: lambda: ours_step(fused_config, dtype, device, batch),
-        VERSIONS[1]: lambda: ours_step(base, dtype, device, batch),
-        VERSIONS[2]: lambda: hf_step(shape, dtype, device, padded_pairs(pairs, vocab, seed=0)),
+        VERSIONS[0]: lambda: ours_step(spec, fused_config, dtype, device, batch),
+        VERSIONS[1]: lambda: ours_step(spec, base, dtype, device, batch),
+        VERSIONS[2]: lambda: hf_step(base, dtype, device, padded_pairs(pairs, vocab, seed=0)),
     }
-    print(f"\nBLOOM-{name}: {layers} layers, hidden {hidden}, {heads} heads, vocabulary {vocab}; {dtype_name}; "
-          f"{rows} packed rows of {seq} = {len(pairs)} pairs, {real_tokens} real tokens, {target_tokens} targets")
+    kv = getattr(base, "num_kv_heads", base.num_heads)
+    print(f"\n{name} ({family}): {base.num_layers} layers, hidden {base.hidden_size}, {base.num_heads} heads"
+          + (f" over {kv} KV heads" if kv != base.num_heads else "") + f", vocabulary {vocab}; {dtype_name}; "
+          f"{rows} packed rows of {seq} = {len(pairs)} pairs, {real_tokens} real tokens, {target_tokens} targets; "
+          f"model FLOPs per token: {spec.flops_formula}")
     results = {}
     for version, build in versions.items():
         try:
@@ -126,7 +138,7 @@ def bench_model(name: str, dtype_name: str, steps: int, seq: int, device: str) -
     for version, against in ((fused, hf), (reference, hf), (fused, reference)):
         if version in results and against in results:
             print(f"{version} / {against}: target tokens/s x{results[version][1] / results[against][1]:.2f}")
-    bench_lm_head(hidden, vocab, batch, dtype, device, steps, warmup=2)
+    bench_lm_head(base.hidden_size, vocab, batch, dtype, device, steps, warmup=2)
 
 
 def bench_attention(seq_lengths: list[int], dtype: torch.dtype, device: str, heads: int, steps: int,
@@ -166,7 +178,6 @@ def main() -> None:
     parser.add_argument("--attention-heads", type=int, default=16)
     args = parser.parse_args()
     device = start_one_process(default_port=29511)
-    print(f"model FLOPs per token: {FLOPS_FORMULA}")
     for name in args.model or ["560m", "1b7"]:
         bench_model(name, args.dtype, args.steps, args.seq_length, device)
     seq_lengths = args.attention_seq_lengths

@@ -1,7 +1,7 @@
 """The prepared GPU check, proved on CPU before any GPU runs it: `bench/gpu_check.sh --rehearse`
 runs every step end to end with tiny shapes (the GPU-marked tests, skipped here; a finetune; the
-step benchmark with each version and section, the LM head alone among them) and writes its
-report; `make gpu-wheelhouse`'s builder collects the wheels the GPU machine lacks (from the
+step benchmark with each version and section, the LM head alone among them, for BLOOM and for the
+Llama family) and writes its report; `make gpu-wheelhouse`'s builder collects the wheels the GPU machine lacks (from the
 package registry), under the size the `device` tool carries, with their manifest."""
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ def test_the_gpu_check_rehearses_every_step_and_writes_its_report(tmp_path):
     out = tmp_path / "out"
     report = json.loads((out / "gpu_report.json").read_text())
     steps = report["steps"]
-    assert list(steps) == ["gpu_tests", "data", "finetune_bf16", "finetune_fp16", "train_step"]
-    assert all(steps[name]["status"] == "ok" for name in ("gpu_tests", "data", "finetune_bf16", "train_step"))
+    assert list(steps) == ["gpu_tests", "data", "finetune_bf16", "finetune_fp16", "train_step", "train_step_llama"]
+    assert all(steps[name]["status"] == "ok"
+               for name in ("gpu_tests", "data", "finetune_bf16", "train_step", "train_step_llama"))
     assert steps["finetune_fp16"]["status"].startswith("skipped: DeepSpeed has no fp16 on CPU")
-    assert steps["gpu_tests"]["skipped"] >= 14 and steps["gpu_tests"].get("failed", 0) == 0  # collected, skipped here
+    assert steps["gpu_tests"]["skipped"] >= 18 and steps["gpu_tests"].get("failed", 0) == 0  # collected, skipped here
     run = steps["finetune_bf16"]
     assert run["log_lines"] == 3 and all(loss is not None for loss in run["losses"])
     assert run["tokens/s"] > 0 and run["target tokens/s"] > 0 and run["memory GiB"] > 0
@@ -42,6 +43,9 @@ def test_the_gpu_check_rehearses_every_step_and_writes_its_report(tmp_path):
                  "(a) ours, fused / (c) transformers, padded: target tokens/s x",
                  "LM head + loss alone", "  chunked ", "  reference ", "chunked / reference: time "):
         assert line in train_step, (line, train_step)
+    llama = (out / "train_step_llama.txt").read_text()
+    assert "llama-tiny (llama): 2 layers, hidden 64, 4 heads over 2 KV heads" in llama
+    assert "(a) ours, fused / (c) transformers, padded: target tokens/s x" in llama and "attention alone" not in llama
     assert len(list(out.iterdir())) <= 8  # what the device tool brings back
     table = (out / "gpu_report.md").read_text()
     assert "| finetune_bf16 | 7." in table and "| train_step | ok |" in table
