@@ -85,6 +85,8 @@ class HFCheckpoint:
             config = self.spec.config_class.from_hf(self.config, vocab_size=vocab)
         except UnsupportedConfig as error:
             raise UnsupportedConfig(f"{self.folder / 'config.json'}: {error}") from None
+        except ValueError as error:  # a shape that does not hold together
+            raise CheckpointError(f"{self.folder / 'config.json'}: {error}") from None
         try:
             config.check_tensor_parallel(tp_size)
         except ValueError as error:

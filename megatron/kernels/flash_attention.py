@@ -54,7 +54,7 @@ def _configs(kernel: str) -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in GPU_CONFIGS[kernel]]
 
 
-TUNING_KEY = ["seq", "HEAD_DIM", "PREFIX_LM", "DROPOUT", "ALIBI"]
+TUNING_KEY = ["seq", "group", "HEAD_DIM", "PREFIX_LM", "DROPOUT", "ALIBI"]
 
 
 @triton.jit

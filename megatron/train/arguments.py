@@ -15,6 +15,7 @@ import torch
 
 from megatron.data.data_config import add_data_args, data_config_from_args
 from megatron.models import spec_for_architecture
+from megatron.models.common.rope import megatron_rope_scaling
 from megatron.train import validation
 from megatron.train.config import (ArchitectureFlag, BatchConfig, CheckpointConfig, EvalTasksConfig, LoggingConfig,
                                    ModelConfig, OptimizerConfig, ParallelConfig, TrainConfig)
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="MLP width (default with --swiglu: int(8h/3 / 64) * 64, Megatron's rule)")
     model.add_argument("--rotary-base", type=float, default=None, help="RoPE's theta (default 10000)")
     model.add_argument("--use-rope-scaling", action="store_true",
-                       help="Llama 3.1's rope scaling: low/high frequency factors 1 and 4, original context 8192")
+                       help="Megatron-LM's rope scaling (Llama 3.1's: low/high frequency factors 1 and 4, "
+                            "original context 8192)")
     model.add_argument("--rope-scaling-factor", type=float, default=None,
                        help="its factor (default 8), with --use-rope-scaling")
     model.add_argument("--untie-embeddings-and-output-weights", action="store_true",
@@ -233,9 +235,8 @@ def architecture_flags(args: argparse.Namespace) -> tuple[ArchitectureFlag, ...]
               ("--norm-epsilon", "norm_eps", args.norm_epsilon)]
     flags = [ArchitectureFlag(flag, field, value, True) for flag, field, value in valued if value is not None]
     if args.use_rope_scaling:
-        flags += [ArchitectureFlag("--use-rope-scaling", field, value, True) for field, value in (
-            ("rope_type", "llama3"), ("rope_factor", args.rope_scaling_factor or 8.0), ("rope_low_freq_factor", 1.0),
-            ("rope_high_freq_factor", 4.0), ("rope_original_max_positions", 8192))]
+        flags += [ArchitectureFlag("--use-rope-scaling", field, value, True)
+                  for field, value in megatron_rope_scaling(args.rope_scaling_factor).items()]
     if args.untie_embeddings_and_output_weights:
         flags.append(ArchitectureFlag("--untie-embeddings-and-output-weights", "tie_word_embeddings", False, True))
     bias = not args.disable_bias_linear

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import NamedTuple
 
 from megatron.data.data_config import DataConfig
 
 
-class ArchitectureFlag(NamedTuple):
+@dataclass(frozen=True)
+class ArchitectureFlag:
     """A Megatron architecture flag as a field of the family's model config: its value, and
     whether the command line gave it (a checkpoint in `--load` must then agree) or it is
     Megatron's default for a run from random initialisation."""

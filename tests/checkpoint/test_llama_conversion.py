@@ -1,5 +1,6 @@
 """HF <-> our checkpoints for the Llama family: a tiny `LlamaForCausalLM` (untied, llama3 rope
-scaling, GQA), `Qwen2ForCausalLM` (tied, q/k/v bias) and `MistralForCausalLM` (sliding window)
+scaling, GQA; and one with every bias), `Qwen2ForCausalLM` (tied, q/k/v bias) and
+`MistralForCausalLM` (sliding window)
 go to TP2 x PP2 and back bit for bit, the export loads with `AutoModelForCausalLM` as its own class
 with the rope config, tying, biases and the true vocabulary, and the converters refuse what the
 family does not implement by name (exit 2). Each kind is converted once and shared."""
@@ -62,7 +63,7 @@ def test_round_trip_through_tp2_pp2_is_bit_identical(round_trips, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_checkpoint_records_the_family_and_splits_whole_kv_groups(round_trips, kind):
     meta = read_metadata(round_trips[kind]["ours"])
-    assert meta.family == "llama" and meta.model.hf_model_type == kind
+    assert meta.family == "llama" and meta.model.hf_model_type == CONFIGS[kind]["model_type"]
     assert (meta.tensor_model_parallel_size, meta.pipeline_model_parallel_size) == (2, 2)
     reader = CheckpointReader(round_trips[kind]["ours"], get_model_spec("llama"))
     tag = reader.tag_dir
@@ -86,7 +87,8 @@ def test_the_export_loads_as_its_own_class_with_the_same_logits(round_trips, kin
     original = json.loads((source / "config.json").read_text())
     exported = AutoConfig.from_pretrained(back)
     model = AutoModelForCausalLM.from_pretrained(back, attn_implementation="eager").eval()
-    assert type(model).__name__ == CLASSES[kind] and exported.architectures == [CLASSES[kind]]
+    expected = CLASSES[CONFIGS[kind]["model_type"]]
+    assert type(model).__name__ == expected and exported.architectures == [expected]
     assert exported.vocab_size == VOCAB and exported.tie_word_embeddings == original["tie_word_embeddings"]
     assert exported.rope_parameters == AutoConfig.from_pretrained(source).rope_parameters
     for key in ("num_key_value_heads", "head_dim", "intermediate_size", "rms_norm_eps", "max_position_embeddings",

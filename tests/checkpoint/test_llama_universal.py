@@ -3,7 +3,8 @@ checkpoints (torchrun, gloo, real DeepSpeed and its `ds_to_universal`): a TP2 x 
 random Llama from Megatron's flags (4 heads over 2 KV heads, SwiGLU, untied LM head), made
 universal at iteration 4, resumes at TP1 x PP2 x DP2 and at TP2 x PP1 x DP2 on the uninterrupted
 curve (the fused gate/up re-split as two sub-parameters, the untied head as a vocabulary tensor);
-and so does a tied one (its embedding on both pipeline ends)."""
+and so does a tied one with Megatron's default biases (its embedding on both pipeline ends; q/k/v
+and gate/up biases split, the row-parallel biases replicated)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 TP2, PP2 = ["--tensor-model-parallel-size", "2"], ["--pipeline-model-parallel-size", "2"]
 LLAMA = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--position-embedding-type", "rope",
          "--normalization", "RMSNorm", "--swiglu", "--group-query-attention", "--num-query-groups", "2",
-         "--ffn-hidden-size", "48", "--disable-bias-linear", "--rotary-base", "1000"]
+         "--ffn-hidden-size", "48", "--rotary-base", "1000"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def runs(demo_dir, tmp_path_factory):
                     "--lr", "2e-3", "--lr-warmup-iters", "2", "--hidden-dropout", "0", "--attention-dropout", "0",
                     "--clip-grad", "0.3", "--eval-iters", "0", "--zero-stage", "1", "--attention-backend", "reference",
                     "--lm-head-loss", "reference", "--no-bias-dropout-fusion",
-                    *(["--untie-embeddings-and-output-weights"] if kind == "untied" else [])]
+                    *(["--untie-embeddings-and-output-weights", "--disable-bias-linear"] if kind == "untied" else [])]
             finetune(4, [*args, *TP2, *PP2, "--train-iters", "8", "--save-interval", "4", "--save", root / kind,
                          "--tensorboard-dir", root / f"tb_{kind}"])
             run_tool("convert_checkpoint/to_universal.py", "--checkpoint-dir", root / kind, "--tag", "global_step4")

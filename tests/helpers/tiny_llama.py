@@ -1,6 +1,7 @@
 """The tiny Llama-family models of the tests: random HF `LlamaForCausalLM` (untied, `llama3` rope
-scaling that bites at the tests' lengths, grouped-query attention), `Qwen2ForCausalLM` (tied,
-q/k/v bias) and `MistralForCausalLM` saved to folders, with content-dependent attention (q/k/v
+scaling that bites at the tests' lengths, grouped-query attention; and one with Llama's
+`attention_bias` and `mlp_bias`), `Qwen2ForCausalLM` (tied, q/k/v bias) and `MistralForCausalLM`
+saved to folders, with content-dependent attention (q/k/v
 weights 10x, as BLOOM's tiny models) and norms away from their init."""
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ CONFIGS = {
                   use_sliding_window=False),
     "mistral": dict(model_type="mistral", tie_word_embeddings=False, sliding_window=64,
                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+    "llama_biases": dict(model_type="llama", tie_word_embeddings=False, attention_bias=True, mlp_bias=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": 500.0}),
 }
 
 

@@ -257,7 +257,7 @@ def test_grouped_query_dropout_is_the_kernels_own_mask_applied_in_plain_attentio
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 2e-2), (torch.float16, 5e-3)])
 def test_grouped_query_attention_in_half_precision_on_a_gpu_matches_the_fp32_reference(dtype, tolerance):
-    """Llama-3-8B's head layout per TP rank (32 query heads over 8 KV heads, head dim 128), rows of
+    """Llama-3-8B's head layout (32 query heads over 8 KV heads, head dim 128), rows of
     1,000 tokens in several pairs, no ALiBi, autotuned blocks."""
     q, k, v = _grouped(32, 8, seq=1000, head_dim=128, dtype=dtype)
     segments = torch.tensor([[1] * 300 + [2] * 450 + [3] * 200 + [0] * 50, [1] * 1000], device=DEVICE)

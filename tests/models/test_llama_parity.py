@@ -1,5 +1,6 @@
 """Our Llama family against transformers' `LlamaForCausalLM` (untied, `llama3` rope scaling),
-`Qwen2ForCausalLM` (tied, q/k/v bias) and `MistralForCausalLM` (eager attention, fp32), all with
+`Qwen2ForCausalLM` (tied, q/k/v bias), `MistralForCausalLM` and a Llama with `attention_bias` and
+`mlp_bias` (eager attention, fp32), all with
 grouped-query attention (4 heads over 2 KV heads): logits at TP=1 and TP=2 (two gloo processes), a
 packed row of three pairs against each pair alone (positions restart at every pair), loss and
 gradients at TP=2 against TP=1, RoPE's frequencies against transformers' own functions, and the

@@ -39,8 +39,8 @@ class BloomModelConfig:
         return self.hidden_size // self.num_heads
 
     def block_activations(self, tp_size: int) -> float:
-        """A block's saved activations per token in units of hidden x 2 bytes, without the
-        attention scores (Korthikanti et al. 2022): norm and branch inputs and dropout masks
+        """A block's saved activations per token and hidden unit, in bytes (half precision),
+        without the attention scores (Korthikanti et al. 2022): norm and branch inputs and dropout masks
         (10, replicated), q, k, v, the output projection's input and the MLP's 4h twice (24, split
         over TP)."""
         return 10 + 24 / tp_size

@@ -27,6 +27,14 @@ class RopeScaling:
     original_max_position_embeddings: int
 
 
+def megatron_rope_scaling(factor: float | None) -> dict[str, object]:
+    """Megatron-LM's `--use-rope-scaling [--rope-scaling-factor F]` as model config fields: Llama
+    3.1's rule, low/high frequency factors 1 and 4, an original context of 8192, factor 8 unless
+    given."""
+    return {"rope_type": "llama3", "rope_factor": factor or 8.0, "rope_low_freq_factor": 1.0,
+            "rope_high_freq_factor": 4.0, "rope_original_max_positions": 8192}
+
+
 def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> torch.Tensor:
     """`[head_dim / 2]` fp32 inverse frequencies, computed as transformers computes them."""
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).to(torch.float32) / head_dim

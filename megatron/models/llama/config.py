@@ -53,9 +53,12 @@ class LlamaModelConfig:
     bias_dropout_fusion: bool = False  # dropout + residual (+ bias) compiled (kernels/fused_bias.py)
     prefix_lm: bool = False
 
-    # HF config keys the export keeps from the checkpoint's original config
+    # HF config keys the export keeps from the checkpoint's original config (Qwen2's sliding-window
+    # layers among them: which layers slide does not change the maths while the window covers
+    # the rows, and is written back as it was)
     HF_KEPT_KEYS: ClassVar[tuple[str, ...]] = ("bos_token_id", "eos_token_id", "pad_token_id",
-                                               "max_position_embeddings")
+                                               "max_position_embeddings", "attention_dropout",
+                                               "max_window_layers", "layer_types")
 
     def __post_init__(self):
         if not self.head_dim and self.hidden_size % self.num_heads:
@@ -69,8 +72,8 @@ class LlamaModelConfig:
         for name, value in defaults.items():  # explicit in the checkpoint's metadata
             object.__setattr__(self, name, value)
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"--num-query-groups {self.num_kv_heads} does not divide --num-attention-heads "
-                             f"{self.num_heads}")
+            raise ValueError(f"the {self.num_kv_heads} KV heads (num_key_value_heads, --num-query-groups) do not "
+                             f"divide the {self.num_heads} attention heads")
         if self.rope_type not in ROPE_TYPES:
             raise UnsupportedConfig(f"rope_type {self.rope_type!r} is not implemented (only {list(ROPE_TYPES)})")
         if self.hf_model_type not in HF_MODEL_TYPES:
@@ -104,8 +107,8 @@ class LlamaModelConfig:
                              f"--tensor-model-parallel-size {tp_size}")
 
     def block_activations(self, tp_size: int) -> float:
-        """A block's saved activations per token in units of hidden x 2 bytes, without the
-        attention scores (Korthikanti et al. 2022's count for this block): norm and branch inputs
+        """A block's saved activations per token and hidden unit, in bytes (half precision),
+        without the attention scores (Korthikanti et al. 2022's count for this block): norm and branch inputs
         and dropout masks (10, replicated); q and the output projection's input (2 a*d each), the
         grouped k and v (2 g*d each), SwiGLU's gate and up, silu(gate) and the product (8 f),
         split over TP."""
@@ -174,7 +177,9 @@ class LlamaModelConfig:
                       num_hidden_layers=self.num_layers, num_attention_heads=self.num_heads,
                       num_key_value_heads=self.num_kv_heads, head_dim=self.head_dim, hidden_act="silu",
                       rms_norm_eps=self.norm_eps, rope_parameters=rope, tie_word_embeddings=self.tie_word_embeddings,
-                      initializer_range=self.init_method_std, attention_dropout=self.attention_dropout)
+                      initializer_range=self.init_method_std)
+        if self.rope_type == "llama3" and "max_position_embeddings" not in extra:  # a model from flags
+            fields["max_position_embeddings"] = int(self.rope_original_max_positions * self.rope_factor)
         if self.hf_model_type == "llama":
             if self.qkv_bias != self.output_bias:
                 raise UnsupportedConfig("LlamaForCausalLM has one attention_bias for q/k/v and o: this model has "
@@ -184,8 +189,7 @@ class LlamaModelConfig:
                                                                    else (False, False, False)):
             raise UnsupportedConfig(f"{self.hf_architecture} has no place for this model's biases")
         if self.hf_model_type == "qwen2":
-            fields.update(use_sliding_window=self.sliding_window is not None,
-                          sliding_window=self.sliding_window, max_window_layers=0)
+            fields.update(use_sliding_window=self.sliding_window is not None, sliding_window=self.sliding_window)
         elif self.hf_model_type == "mistral":
             fields.update(sliding_window=self.sliding_window)
         return AutoConfig.for_model(self.hf_model_type, **fields, **extra)

@@ -42,7 +42,6 @@ SPLIT_DIMS = {
 FUSED_GATE_UP = ("mlp.dense_h_to_4h.weight", "mlp.dense_h_to_4h.bias")
 VOCAB_TENSORS = ("word_embeddings.weight", "lm_head.weight")
 
-HF_PREFIX = "model."
 TIED_HEAD = "lm_head.weight"
 _HF_LAYER_PREFIX = "model.layers."
 _HF_BLOCK_NAMES = {  # ours: HF's, for the tensors that map one to one
@@ -55,11 +54,13 @@ _HF_BLOCK_NAMES = {  # ours: HF's, for the tensors that map one to one
 }
 
 
-def parameter_layers(num_layers: int, tied: bool = True) -> list[int]:
+def parameter_layers(num_layers: int, tied: bool) -> list[int]:
+    """The pipeline layers that hold parameters, in order; an untied LM head is the last."""
     return layer_numbering.parameter_layers(num_layers, tied)
 
 
-def layer_kind(layer: int, num_layers: int, tied: bool = True) -> str:
+def layer_kind(layer: int, num_layers: int, tied: bool) -> str:
+    """'embedding', 'block', 'final_norm' or (untied) 'lm_head': what a parameter layer holds."""
     return layer_numbering.layer_kind(layer, num_layers, tied, family="Llama-family model")
 
 
