@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -24,17 +25,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", action="append", required=True, metavar="NAME=FOLDER")
     parser.add_argument("--num-prompts", type=int, default=6)
     parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--prepend-bos", action="store_true",
+                        help="the tokenizer's BOS before each prompt, as tools/preprocess_data.py --prepend-bos inputs "
+                             "put it in the training data (Llama 3)")
     args = parser.parse_args(argv)
 
     with open(args.input, encoding="utf-8") as f:
         rows = [json.loads(line) for line, _ in zip(f, range(args.num_prompts))]
     models = dict(spec.split("=", 1) for spec in args.model)
     tokenizer = HFTokenizer(next(iter(models.values())))
+    try:
+        bos = [tokenizer.require_bos("--prepend-bos")] if args.prepend_bos else []
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     outputs = {name: [] for name in models}
     for name, folder in models.items():
         model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
         for row in rows:
-            prompt = torch.tensor([tokenizer.encode(row["inputs"])])
+            prompt = torch.tensor([bos + tokenizer.encode(row["inputs"])])
             with torch.no_grad():
                 generated = model.generate(prompt, max_new_tokens=args.max_new_tokens, do_sample=False,
                                            eos_token_id=tokenizer.eod, pad_token_id=tokenizer.pad)

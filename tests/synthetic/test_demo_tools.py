@@ -56,3 +56,24 @@ def test_demo_scripts_write_and_print_what_the_demo_uses(tmp_path, capsys):
         for name, line in zip(MODELS, generated):
             label, text = line.split(maxsplit=1)
             assert label == f"{name}:" and isinstance(ast.literal_eval(text), str)
+
+
+def test_a_tiny_llama_for_the_demo_and_its_generations_after_a_bos(tmp_path, capsys):
+    """`make_tiny_model.py --family llama`: a `LlamaForCausalLM` folder (grouped-query attention,
+    untied head, llama3 rope scaling) over the demo tokenizer; `generate.py --prepend-bos` prints a
+    generation per prompt."""
+    from transformers import LlamaForCausalLM
+
+    demo = tmp_path / "demo"
+    tool_main("make_demo_data.py")(["--output-dir", str(demo), "--train-rows", "40", "--valid-rows", "2",
+                                    "--vocab-size", "300"])
+    tool_main("make_tiny_model.py")(["--family", "llama", "--tokenizer-dir", str(demo / "tokenizer"), "--output-dir",
+                                     str(tmp_path / "llama"), "--hidden-size", "32", "--num-layers", "1",
+                                     "--num-attention-heads", "4", "--num-key-value-heads", "2"])
+    config = LlamaForCausalLM.from_pretrained(tmp_path / "llama").config
+    assert (config.vocab_size, config.num_key_value_heads, config.tie_word_embeddings) == (300, 2, False)
+    assert config.rope_parameters["rope_type"] == "llama3"
+    capsys.readouterr()
+    tool_main("generate.py")(["--input", str(demo / "xp3_demo_valid.jsonl"), "--num-prompts", "2",
+                              "--max-new-tokens", "2", "--prepend-bos", f"--model=llama={tmp_path / 'llama'}"])
+    assert sum(line.startswith("  llama:") for line in capsys.readouterr().out.splitlines()) == 2
