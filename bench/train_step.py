@@ -27,7 +27,6 @@ padding are not work).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import torch
 import torch.distributed as dist
@@ -40,6 +39,7 @@ from megatron.models.common.loss import loss_weights
 from megatron.models.common.alibi import alibi_slopes
 from megatron.models.common.attention import flex_attention, reference_attention, triton_attention
 from megatron.models.common.parallel_config import model_parallel_config
+from megatron.models.spec import with_options
 from megatron.train.metrics import peak_tflops
 
 LLAMA_3_2_1B = dict(num_layers=16, hidden_size=2048, num_heads=32, num_kv_heads=8, head_dim=64, ffn_hidden_size=8192,
@@ -107,15 +107,13 @@ def bench_model(name: str, dtype_name: str, steps: int, seq: int, device: str) -
     base = spec.config_class(vocab_size=vocab, **fields)
     flops = spec.flops_per_token(base, seq) * real_tokens
     peak = peak_tflops(dtype_name)
-    has = {f.name for f in dataclasses.fields(base)}
-    fused_config = dataclasses.replace(base, attention_backend="flex" if device == "cuda" else "reference",
-                                       **{k: v for k, v in FUSED.items() if k in has})
+    fused_config = with_options(base, attention_backend="flex" if device == "cuda" else "reference", **FUSED)
     versions = {
         VERSIONS[0]: lambda: ours_step(spec, fused_config, dtype, device, batch),
         VERSIONS[1]: lambda: ours_step(spec, base, dtype, device, batch),
         VERSIONS[2]: lambda: hf_step(base, dtype, device, padded_pairs(pairs, vocab, seed=0)),
     }
-    kv = getattr(base, "num_kv_heads", base.num_heads)
+    kv = base.num_kv_heads
     print(f"\n{name} ({family}): {base.num_layers} layers, hidden {base.hidden_size}, {base.num_heads} heads"
           + (f" over {kv} KV heads" if kv != base.num_heads else "") + f", vocabulary {vocab}; {dtype_name}; "
           f"{rows} packed rows of {seq} = {len(pairs)} pairs, {real_tokens} real tokens, {target_tokens} targets; "

@@ -19,7 +19,6 @@ forward pass scores many of them.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import os
@@ -40,6 +39,7 @@ from megatron.evaluation.choice_rows import EncodedChoices
 from megatron.evaluation.examples import ExampleError, read_examples
 from megatron.models import get_model_spec
 from megatron.models.common.parallel_config import model_parallel_config
+from megatron.models.spec import with_options
 from megatron.train.arguments import attention_backend
 from megatron.train.distributed import start_processes
 from megatron.train.engine import load_weights
@@ -130,8 +130,7 @@ def checkpoint_pair_scores(args, tasks: ZeroShotTasks, vocab_size: int) -> np.nd
     options = dict(hidden_dropout=0.0, attention_dropout=0.0, lm_head_loss="reference",
                    attention_backend=attention_backend(args.attention_backend, 0.0, gpu), bias_gelu_fusion=gpu,
                    bias_dropout_fusion=gpu)
-    fields = {f.name for f in dataclasses.fields(meta.model)}  # each family has the options it has
-    config = dataclasses.replace(meta.model, **{k: v for k, v in options.items() if k in fields})
+    config = with_options(meta.model, **options)
     if vocab_size > config.vocab_size:
         raise ConfigError(f"--tokenizer-name-or-path has {vocab_size} tokens, more than the checkpoint's "
                           f"embedding ({config.vocab_size} rows)")

@@ -1,7 +1,7 @@
 """A HF fast tokenizer loaded from a local folder or `tokenizer.json`, with the special token ids
 the data need: `eod` (the end-of-document token, the tokenizer's `eos_token`: `</s>` for BLOOM),
-`bos` (its beginning-of-sequence token, which `--prepend-bos` puts first: Llama 3's
-`<|begin_of_text|>`; None where it has none, as Qwen2's) and `pad` (the row filler)."""
+`bos` (its beginning-of-sequence token, which `--prepend-bos` puts first, e.g. `<|begin_of_text|>`;
+None where it has none) and `pad` (the row filler)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 
 EOD_CANDIDATES = ("</s>", "<|endoftext|>", "<eos>", "<|end_of_text|>")
 # only among the special tokens: `<s>` may be an ordinary token of a byte-level vocabulary, and
-# `<|endoftext|>` (GPT-2's, Qwen2's) ends documents, it does not begin them
+# `<|endoftext|>` ends documents, it does not begin them
 BOS_CANDIDATES = ("<s>", "<|begin_of_text|>", "<bos>")
 
 
@@ -29,7 +29,7 @@ class HFTokenizer:
     `eod` and `bos` are the `eos_token` and `bos_token` that `tokenizer_config.json` or
     `special_tokens_map.json` names, else a well-known token (`EOD_CANDIDATES`; for `bos`, a
     special token among `BOS_CANDIDATES`). `pad` is its `pad_token`; a tokenizer without one
-    (Llama 3 and Mistral name none) pads with `eod`: padding is masked out of attention and
+    (many name none) pads with `eod`: padding is masked out of attention and
     loss, so the pad id is only a filler."""
 
     def __init__(self, name_or_path: str | Path):

@@ -1,7 +1,7 @@
 """The elementwise tails of the blocks' linear layers: BLOOM's bias + GeLU after
 `mlp.dense_h_to_4h`, and bias + dropout + residual after `self_attention.dense` and
 `mlp.dense_4h_to_h` (Megatron's `--bias-gelu-fusion` and `--bias-dropout-fusion`), or dropout +
-residual where the layer has added its own bias (the Llama family).
+residual where the layer has added its own bias.
 
 Each is one plain PyTorch function, the reference that runs anywhere. `fused(function)` is the
 same function compiled by `torch.compile`: one kernel for the forward and one for the backward

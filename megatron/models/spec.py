@@ -4,9 +4,22 @@ reach a family only through it, so a second family is a new folder plus a regist
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
+
+
+def config_fields(config) -> set[str]:
+    """The field names of a family's model config (an instance or the class)."""
+    return {field.name for field in dataclasses.fields(config)}
+
+
+def with_options(config, **options):
+    """`config` with those of `options` its family's config has: the options of another family
+    (BLOOM's bias + GeLU fusion, say) do not apply to it."""
+    names = config_fields(config)
+    return dataclasses.replace(config, **{name: value for name, value in options.items() if name in names})
 
 
 class UnsupportedConfig(ValueError):

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
     model.add_argument("--pad-vocab-size-to", type=int, default=None)
     model.add_argument("--position-embedding-type", choices=["alibi", "rope"], default=None,
-                       help="alibi (BLOOM) or rope (with --normalization RMSNorm --swiglu: the Llama family); "
+                       help="alibi (with LayerNorm and GeLU) or rope (with --normalization RMSNorm --swiglu); "
                             "default: --load's checkpoint's, else alibi")
     model.add_argument("--normalization", choices=["LayerNorm", "RMSNorm"], default=None)
     model.add_argument("--swiglu", action="store_true", help="SwiGLU MLP (gate and up projections)")
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="MLP width (default with --swiglu: int(8h/3 / 64) * 64, Megatron's rule)")
     model.add_argument("--rotary-base", type=float, default=None, help="RoPE's theta (default 10000)")
     model.add_argument("--use-rope-scaling", action="store_true",
-                       help="Megatron-LM's rope scaling (Llama 3.1's: low/high frequency factors 1 and 4, "
+                       help="Megatron-LM's rope scaling (the llama3 rule: low/high frequency factors 1 and 4, "
                             "original context 8192)")
     model.add_argument("--rope-scaling-factor", type=float, default=None,
                        help="its factor (default 8), with --use-rope-scaling")
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="score a choice by its mean token log-probability, not the sum")
     logging.add_argument("--eval-tasks-prepend-bos", action="store_true",
                          help="the tokenizer's BOS before each prompt's inputs, as tools/preprocess_data.py "
-                              "--prepend-bos inputs put it in the training data (Llama 3)")
+                              "--prepend-bos inputs put it in the training data")
     logging.add_argument("--tensorboard-dir", default=None)
     logging.add_argument("--exit-interval", type=int, default=None, help="stop after this iteration")
     logging.add_argument("--exit-duration-in-mins", type=float, default=None)

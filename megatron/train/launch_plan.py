@@ -135,7 +135,7 @@ def describe(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, config) -> str
     tied = config.tie_word_embeddings
     total = sum(spec.adapter.layer_parameters(config, spec.adapter.layer_kind(layer, config.num_layers, tied), 1)
                 for layer in spec.adapter.parameter_layers(config.num_layers, tied))
-    kv_heads = getattr(config, "num_kv_heads", config.num_heads)  # grouped-query attention's
+    kv_heads = config.num_kv_heads
     start = {"scratch": "random initialisation (no checkpoint in --save or --load)",
              "weights": f"the weights of {plan.folder}/{plan.tag} (fresh optimizer)",
              "resume": f"resuming {plan.folder}/{plan.tag}",

@@ -25,7 +25,7 @@ from megatron.checkpoint.metadata import MODEL_CONFIG_FILE, CheckpointMetadata, 
 from megatron.checkpoint.universal import shape_problem
 from megatron.models import get_model_spec
 from megatron.models.common.vocab import padded_vocab_size
-from megatron.models.spec import ModelSpec
+from megatron.models.spec import ModelSpec, config_fields
 from megatron.train.config import ModelConfig, TrainConfig
 from megatron.train.errors import ConfigError
 from megatron.train.progress import TrainingProgress
@@ -119,7 +119,7 @@ def _family_fields(spec: ModelSpec, args: ModelConfig, scratch: bool) -> dict:
     """The options and architecture flags as fields of the family's model config: an
     architecture flag given for a family without that field is refused; Megatron's defaults
     (not given) go to a run from random initialisation only."""
-    names = {f.name for f in dataclasses.fields(spec.config_class)}
+    names = config_fields(spec.config_class)
     fields = {name: value for name, value in args.options().items() if name in names}
     for flag in args.architecture:
         if flag.field not in names:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 from helpers.distributed import gloo_world
-from helpers.parity import against_hf, packed_batch  # noqa: F401  (packed_batch: the tests' packed row)
+from helpers.parity import against_hf, build_from_hf, packed_batch  # noqa: F401  (packed_batch: the tests' packed row)
 from helpers.tiny import VOCAB
 from megatron.core import parallel_state
 from transformers import BloomForCausalLM
@@ -23,13 +23,7 @@ SPEC = get_model_spec()
 ADAPTER = SPEC.adapter
 
 def build_ours(folder: str, tp_size: int) -> BloomModel:
-    initialize_parallel(tp_size=tp_size)
-    checkpoint = HFCheckpoint(folder, SPEC)
-    config = checkpoint.model_config(tp_size)
-    model = BloomModel(config, model_parallel_config())
-    load_layers_into_model(model, lambda layer: checkpoint.layer(layer, config), ADAPTER,
-                           parallel_state.get_tensor_model_parallel_rank(), tp_size)
-    return model
+    return build_from_hf(SPEC, folder, tp_size)
 
 
 def zero_query(model: BloomModel, layer: int, head: int) -> None:

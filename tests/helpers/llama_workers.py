@@ -4,20 +4,14 @@ what it computes against transformers."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from helpers.distributed import gloo_world
-from helpers.parity import against_hf
+from helpers.parity import against_hf, build_from_hf
 from helpers.tiny import VOCAB
 from megatron.core import parallel_state
 from transformers import AutoModelForCausalLM
 
-from megatron.checkpoint.hf_reader import HFCheckpoint
-from megatron.checkpoint.loading import load_layers_into_model
 from megatron.models import get_model_spec
-from megatron.models.common.parallel_config import model_parallel_config
-from megatron.train.distributed import initialize_parallel
 
 SPEC = get_model_spec("llama")
 ADAPTER = SPEC.adapter
@@ -25,13 +19,7 @@ ADAPTER = SPEC.adapter
 
 def build_ours(folder: str, tp_size: int, **changes):
     """Our model at TP `tp_size` from a HF folder; `changes` to its config (e.g. a rope type)."""
-    initialize_parallel(tp_size=tp_size)
-    checkpoint = HFCheckpoint(folder, SPEC)
-    config = checkpoint.model_config(tp_size)
-    model = SPEC.build_model(dataclasses.replace(config, **changes), model_parallel_config())
-    load_layers_into_model(model, lambda layer: checkpoint.layer(layer, config), ADAPTER,
-                           parallel_state.get_tensor_model_parallel_rank(), tp_size)
-    return model
+    return build_from_hf(SPEC, folder, tp_size, **changes)
 
 
 def zero_query(model, layer: int, head: int) -> None:

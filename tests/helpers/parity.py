@@ -9,8 +9,15 @@ from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
+import dataclasses
+
 from helpers.tiny import VOCAB
 from megatron.core import parallel_state
+
+from megatron.checkpoint.hf_reader import HFCheckpoint
+from megatron.checkpoint.loading import load_layers_into_model
+from megatron.models.common.parallel_config import model_parallel_config
+from megatron.train.distributed import initialize_parallel
 
 
 def packed_batch(seed: int = 1) -> tuple[dict[str, torch.Tensor], list[tuple[int, int]]]:
@@ -30,6 +37,18 @@ def packed_batch(seed: int = 1) -> tuple[dict[str, torch.Tensor], list[tuple[int
     labels = torch.roll(tokens, -1, dims=1)
     batch = {"tokens": tokens, "labels": labels, "segment_ids": segments, "loss_mask": mask, "is_inputs": is_inputs}
     return batch, spans
+
+
+def build_from_hf(spec, folder: str, tp_size: int, **changes):
+    """The family's whole model at TP `tp_size` (megatron-core's groups made for it) holding a HF
+    folder's weights; `changes` to its config (a rope type, say)."""
+    initialize_parallel(tp_size=tp_size)
+    checkpoint = HFCheckpoint(folder, spec)
+    config = checkpoint.model_config(tp_size)
+    model = spec.build_model(dataclasses.replace(config, **changes), model_parallel_config())
+    load_layers_into_model(model, lambda layer: checkpoint.layer(layer, config), spec.adapter,
+                           parallel_state.get_tensor_model_parallel_rank(), tp_size)
+    return model
 
 
 def full_grads(model, adapter, tp_size: int) -> dict[str, torch.Tensor]:

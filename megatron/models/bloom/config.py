@@ -35,6 +35,11 @@ class BloomModelConfig:
                              f"--num-attention-heads {self.num_heads}")
 
     @property
+    def num_kv_heads(self) -> int:
+        """Every head has its own keys and values (no grouped-query attention)."""
+        return self.num_heads
+
+    @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 
-import torch
 from deepspeed.pipe import LayerSpec, TiedLayerSpec
 from megatron.core.model_parallel_config import ModelParallelConfig
 from torch import nn
@@ -25,45 +24,17 @@ from megatron.models.bloom.config import BloomModelConfig
 from megatron.models.bloom.layers import BloomBlock, WordEmbeddings
 from megatron.models.bloom.state_dict_adapter import EMBEDDING_LAYER, FIRST_BLOCK_LAYER
 from megatron.models.common import pipeline as common
-from megatron.models.common.pipeline import TIED_EMBEDDING, SeededLayerSpec, SeededTiedLayerSpec, pass_through
+from megatron.models.common.pipeline import (TIED_EMBEDDING, BlockPipe, EmbeddingPipe, FinalNormPipe, SeededLayerSpec,
+                                             SeededTiedLayerSpec, pass_through, tied_lm_head)
 from megatron.models.common.tp_random import layer_seed
 
 
-class EmbeddingPipe(nn.Module):
-    """Layer 1 (and, tied, the LM head): `word_embeddings.weight`, `word_embeddings.norm.*`."""
-
-    def __init__(self, config: BloomModelConfig, parallel: ModelParallelConfig):
-        super().__init__()
-        self.word_embeddings = WordEmbeddings(config, parallel)
-
-    def forward(self, inputs):
-        tokens, segment_ids, is_inputs = inputs
-        return self.word_embeddings(tokens), segment_ids, is_inputs
-
-
-def lm_head(embedding: EmbeddingPipe, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last layer hands the final hidden states and the tied head weight to the loss, which
-    applies the head (`loss.head_and_loss`: full logits, or chunked over the targets)."""
-    return hidden, embedding.word_embeddings.weight
-
-
-class TransformerBlockPipe(BloomBlock):
+class TransformerBlockPipe(BlockPipe, BloomBlock):
     """Layers 3 .. L+2; named so that `--pp-partition-method type:transformer` finds them."""
 
-    kind = "block"
 
-    def forward(self, inputs):
-        hidden, segment_ids, is_inputs = inputs
-        return super().forward(hidden, segment_ids, is_inputs), segment_ids, is_inputs
-
-
-class FinalNormPipe(nn.LayerNorm):
-    """Layer L+4: the final LayerNorm (`weight`, `bias`); passes on the hidden states only."""
-
-    kind = "final_norm"
-
-    def forward(self, inputs):
-        return super().forward(inputs[0])
+class LayerNormPipe(FinalNormPipe, nn.LayerNorm):
+    """Layer L+4: the final LayerNorm (`weight`, `bias`)."""
 
 
 def bloom_layer_specs(config: BloomModelConfig, parallel: ModelParallelConfig, init_seed: int | None = None) -> list:
@@ -71,14 +42,13 @@ def bloom_layer_specs(config: BloomModelConfig, parallel: ModelParallelConfig, i
     blocks = range(FIRST_BLOCK_LAYER, FIRST_BLOCK_LAYER + config.num_layers)
     return [
         pass_through,
-        SeededTiedLayerSpec(layer_seed(init_seed, EMBEDDING_LAYER), TIED_EMBEDDING, EmbeddingPipe, config, parallel,
-                            tied_weight_attr="word_embeddings.weight"),
+        SeededTiedLayerSpec(layer_seed(init_seed, EMBEDDING_LAYER), TIED_EMBEDDING, EmbeddingPipe, WordEmbeddings,
+                            config, parallel, tied_weight_attr="word_embeddings.weight"),
         pass_through,
         *(SeededLayerSpec(layer_seed(init_seed, layer), TransformerBlockPipe, config, parallel) for layer in blocks),
         pass_through,
-        LayerSpec(FinalNormPipe, config.hidden_size, eps=config.layer_norm_eps, dtype=parallel.params_dtype),
-        TiedLayerSpec(TIED_EMBEDDING, EmbeddingPipe, config, parallel,
-                      forward_fn=lm_head,
+        LayerSpec(LayerNormPipe, config.hidden_size, eps=config.layer_norm_eps, dtype=parallel.params_dtype),
+        TiedLayerSpec(TIED_EMBEDDING, EmbeddingPipe, WordEmbeddings, config, parallel, forward_fn=tied_lm_head,
                       tied_weight_attr="word_embeddings.weight"),
     ]
 

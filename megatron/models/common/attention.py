@@ -112,19 +112,21 @@ def _compiled_flex_attention() -> Callable:
     return torch.compile(flex, dynamic=False)
 
 
+def _alibi_score_mod(slopes: torch.Tensor) -> Callable:
+    """ALiBi as FlexAttention's score modifier."""
+    def alibi(score, b, h, q_index, k_index):
+        return score + slopes[h] * (k_index - q_index)
+
+    return alibi
+
+
 def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor | None, segment_ids: torch.Tensor,
                    is_inputs: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
     """The `reference_attention` interface on FlexAttention (see the module docstring)."""
     if dropout_p:
         raise ValueError("the flex attention backend has no attention dropout: use --attention-dropout 0 "
                          "or --attention-backend reference")
-    alibi = None
-    if slopes is not None:
-        slopes = slopes.to(device=q.device, dtype=torch.float32)
-
-        def alibi(score, b, h, q_index, k_index):
-            return score + slopes[h] * (k_index - q_index)
-
+    alibi = None if slopes is None else _alibi_score_mod(slopes.to(device=q.device, dtype=torch.float32))
     return _compiled_flex_attention()(q, k, v, score_mod=alibi, block_mask=_block_masks.get(segment_ids, is_inputs),
                                       enable_gqa=k.shape[1] != q.shape[1])
 

@@ -1,4 +1,4 @@
-"""RMSNorm as transformers' Llama, Qwen2 and Mistral compute it: the mean square in fp32, the
+"""RMSNorm as transformers computes it for its RMSNorm models: the mean square in fp32, the
 normalised activations cast back to the input's dtype, then scaled by the weight."""
 
 from __future__ import annotations

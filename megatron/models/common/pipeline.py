@@ -1,6 +1,7 @@
 """What every family's DeepSpeed `PipelineModule` shares: layer specs that build their layer under
 its own seed (the same random model for any layout), the parameter-free pass-through layers that
-keep Megatron-DeepSpeed's numbering, the last stage's loss, how DeepSpeed cuts the specs into
+keep Megatron-DeepSpeed's numbering, the embedding layer (and a tied LM head made of it), the
+mixins that make a family's block and final norm pipeline layers, the last stage's loss, how DeepSpeed cuts the specs into
 stages (worked out without building a layer), and DeepSpeed's `universal_checkpoint_info` from the
 family's adapter.
 
@@ -21,6 +22,7 @@ from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 from deepspeed.runtime import utils as ds_utils
 from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 from megatron.core.model_parallel_config import ModelParallelConfig
+from torch import nn
 
 from megatron.models.common.layer_numbering import FIRST_BLOCK_LAYER, final_norm_layer, lm_head_layer
 from megatron.models.common.loss import head_and_loss, target_log_probs
@@ -33,6 +35,48 @@ TIED_EMBEDDING = "embed"
 def pass_through(inputs):
     """The parameter-free layers 0, 2 and L+3 that keep Megatron-DeepSpeed's numbering."""
     return inputs
+
+
+class EmbeddingPipe(nn.Module):
+    """Layer 1 (and, tied, the LM head): the family's word embeddings, `embeddings(config,
+    parallel)`, as `word_embeddings`; the first stage takes `(tokens, segment_ids, is_inputs)`."""
+
+    kind = "embedding"
+
+    def __init__(self, embeddings: Callable, config, parallel: ModelParallelConfig):
+        super().__init__()
+        self.word_embeddings = embeddings(config, parallel)
+
+    def forward(self, inputs):
+        tokens, segment_ids, is_inputs = inputs
+        return self.word_embeddings(tokens), segment_ids, is_inputs
+
+
+def tied_lm_head(embedding: EmbeddingPipe, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tied model's last layer hands the final hidden states and the embeddings' weight to the
+    loss, which applies the head (`loss.head_and_loss`: full logits, or chunked over the targets)."""
+    return hidden, embedding.word_embeddings.weight
+
+
+class BlockPipe:
+    """Mixin before a family's block class: the block as pipeline layers 3 .. L+2, passing
+    `(hidden, segment_ids, is_inputs)` on."""
+
+    kind = "block"
+
+    def forward(self, inputs):
+        hidden, segment_ids, is_inputs = inputs
+        return super().forward(hidden, segment_ids, is_inputs), segment_ids, is_inputs
+
+
+class FinalNormPipe:
+    """Mixin before a family's norm class: the final norm as layer L+4, passing on the hidden
+    states only."""
+
+    kind = "final_norm"
+
+    def forward(self, inputs):
+        return super().forward(inputs[0])
 
 
 class _SeededBuild:

@@ -1,6 +1,6 @@
 """Rotary position embeddings in transformers' `rotate_half` convention (the first and second
 halves of a head's dimensions form the rotated pairs), with the angles in fp32, and the two
-frequency rules this project implements: `default` (theta^(-2i/d)) and `llama3` (Llama 3.1's
+frequency rules this project implements: `default` (theta^(-2i/d)) and `llama3` (transformers' name:
 piecewise rescaling by `factor` between a low- and a high-frequency wavelength, smoothed in
 between). Positions restart at 0 at every packed pair (`positions_from_segments`), so each pair
 of a packed row is rotated by exactly the angles it would be alone (attention within a pair sees
@@ -19,7 +19,7 @@ ROPE_TYPES = ("default", "llama3")
 
 @dataclass(frozen=True)
 class RopeScaling:
-    """Llama 3.1's frequency rescaling (`rope_type: llama3`)."""
+    """The piecewise frequency rescaling of `rope_type: llama3`."""
 
     factor: float
     low_freq_factor: float
@@ -28,9 +28,9 @@ class RopeScaling:
 
 
 def megatron_rope_scaling(factor: float | None) -> dict[str, object]:
-    """Megatron-LM's `--use-rope-scaling [--rope-scaling-factor F]` as model config fields: Llama
-    3.1's rule, low/high frequency factors 1 and 4, an original context of 8192, factor 8 unless
-    given."""
+    """Megatron-LM's `--use-rope-scaling [--rope-scaling-factor F]` as model config fields: the
+    `llama3` rule with low/high frequency factors 1 and 4, an original context of 8192, factor 8
+    unless given."""
     return {"rope_type": "llama3", "rope_factor": factor or 8.0, "rope_low_freq_factor": 1.0,
             "rope_high_freq_factor": 4.0, "rope_original_max_positions": 8192}
 

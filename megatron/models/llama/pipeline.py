@@ -21,7 +21,8 @@ from torch import nn
 
 from megatron.models.common import pipeline as common
 from megatron.models.common.norms import RMSNorm
-from megatron.models.common.pipeline import TIED_EMBEDDING, SeededLayerSpec, SeededTiedLayerSpec, pass_through
+from megatron.models.common.pipeline import (TIED_EMBEDDING, BlockPipe, EmbeddingPipe, FinalNormPipe, SeededLayerSpec,
+                                             SeededTiedLayerSpec, pass_through, tied_lm_head)
 from megatron.models.common.tp_random import layer_seed
 from megatron.models.llama import state_dict_adapter
 from megatron.models.llama.config import LlamaModelConfig
@@ -29,45 +30,12 @@ from megatron.models.llama.layers import LlamaBlock, LMHead, WordEmbeddings
 from megatron.models.llama.state_dict_adapter import EMBEDDING_LAYER, FIRST_BLOCK_LAYER, lm_head_layer
 
 
-class EmbeddingPipe(nn.Module):
-    """Layer 1 (and, tied, the LM head): `word_embeddings.weight`."""
-
-    kind = "embedding"
-
-    def __init__(self, config: LlamaModelConfig, parallel: ModelParallelConfig):
-        super().__init__()
-        self.word_embeddings = WordEmbeddings(config, parallel)
-
-    def forward(self, inputs):
-        tokens, segment_ids, is_inputs = inputs
-        return self.word_embeddings(tokens), segment_ids, is_inputs
-
-
-def tied_lm_head(embedding: EmbeddingPipe, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A tied model's last layer: the final hidden states and the embeddings' weight."""
-    return hidden, embedding.word_embeddings.weight
-
-
-class TransformerBlockPipe(LlamaBlock):
+class TransformerBlockPipe(BlockPipe, LlamaBlock):
     """Layers 3 .. L+2; named so that `--pp-partition-method type:transformer` finds them."""
 
-    kind = "block"
 
-    def forward(self, inputs):
-        hidden, segment_ids, is_inputs = inputs
-        return super().forward(hidden, segment_ids, is_inputs), segment_ids, is_inputs
-
-
-class FinalNormPipe(RMSNorm):
-    """Layer L+4: the final RMSNorm (`weight`); passes on the hidden states only."""
-
-    kind = "final_norm"
-
-    def __init__(self, config: LlamaModelConfig, parallel: ModelParallelConfig):
-        super().__init__(config.hidden_size, config.norm_eps, parallel.params_dtype)
-
-    def forward(self, inputs):
-        return super().forward(inputs[0])
+class RMSNormPipe(FinalNormPipe, RMSNorm):
+    """Layer L+4: the final RMSNorm (`weight`)."""
 
 
 class OutputEmbeddingPipe(nn.Module):
@@ -88,12 +56,12 @@ def llama_layer_specs(config: LlamaModelConfig, parallel: ModelParallelConfig, i
     blocks = range(FIRST_BLOCK_LAYER, FIRST_BLOCK_LAYER + config.num_layers)
     embedding_seed = layer_seed(init_seed, EMBEDDING_LAYER)
     if config.tie_word_embeddings:
-        embedding = SeededTiedLayerSpec(embedding_seed, TIED_EMBEDDING, EmbeddingPipe, config, parallel,
+        embedding = SeededTiedLayerSpec(embedding_seed, TIED_EMBEDDING, EmbeddingPipe, WordEmbeddings, config, parallel,
                                         tied_weight_attr="word_embeddings.weight")
-        head = TiedLayerSpec(TIED_EMBEDDING, EmbeddingPipe, config, parallel, forward_fn=tied_lm_head,
+        head = TiedLayerSpec(TIED_EMBEDDING, EmbeddingPipe, WordEmbeddings, config, parallel, forward_fn=tied_lm_head,
                              tied_weight_attr="word_embeddings.weight")
     else:
-        embedding = SeededLayerSpec(embedding_seed, EmbeddingPipe, config, parallel)
+        embedding = SeededLayerSpec(embedding_seed, EmbeddingPipe, WordEmbeddings, config, parallel)
         head = SeededLayerSpec(layer_seed(init_seed, lm_head_layer(config.num_layers)), OutputEmbeddingPipe, config,
                                parallel)
     return [
@@ -102,7 +70,7 @@ def llama_layer_specs(config: LlamaModelConfig, parallel: ModelParallelConfig, i
         pass_through,
         *(SeededLayerSpec(layer_seed(init_seed, layer), TransformerBlockPipe, config, parallel) for layer in blocks),
         pass_through,
-        LayerSpec(FinalNormPipe, config, parallel),
+        LayerSpec(RMSNormPipe, config.hidden_size, config.norm_eps, parallel.params_dtype),
         head,
     ]
 
