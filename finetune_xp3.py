@@ -15,6 +15,7 @@ CPU, NCCL on GPUs. Flags are Megatron's (see the README):
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import torch.distributed as dist
@@ -30,18 +31,19 @@ from megatron.train.arguments import parse_config
 from megatron.train.checkpointing import resume
 from megatron.train.config import TrainConfig
 from megatron.train.distributed import seed_everything, start_processes
-from megatron.train.engine import TrainingEngine, build_module, load_weights
+from megatron.train.engine import TrainingEngine, add_adapters, build_module, load_weights
 from megatron.train.errors import ConfigError
 from megatron.train.heartbeat import Heartbeat
 from megatron.train.launch_plan import describe
 from megatron.train.load_plan import LoadPlan, model_spec, plan_load, run_metadata
+from megatron.train.lora_plan import LoraPlan, lora_plan
 from megatron.train.loop import NonFiniteLoss, Trainer, log
 from megatron.train.progress import TrainingProgress
 from megatron.train.task_eval import ZeroShotTasks
 
 
-def prepare(argv: list[str] | None) -> tuple[TrainConfig, ModelSpec, LoadPlan, CheckpointMetadata, HFTokenizer,
-                                             ZeroShotTasks | None]:
+def prepare(argv: list[str] | None) -> tuple[TrainConfig, ModelSpec, LoadPlan, LoraPlan | None, CheckpointMetadata,
+                                             HFTokenizer, ZeroShotTasks | None]:
     """Everything that can fail on flags or files, before any process group or model exists."""
     train = parse_config(argv)
     try:
@@ -51,6 +53,9 @@ def prepare(argv: list[str] | None) -> tuple[TrainConfig, ModelSpec, LoadPlan, C
     plan = plan_load(train)
     spec = model_spec(train, plan)
     meta = run_metadata(train, spec, plan, tokenizer.vocab_size, tokenizer.eod, tokenizer.pad)
+    lora = lora_plan(train, spec, plan)
+    if lora is not None:  # its checkpoints: adapters only, naming their base
+        meta = dataclasses.replace(meta, lora=lora.config, lora_base=lora.base)
     tasks = None
     if train.eval_tasks:
         try:
@@ -60,16 +65,22 @@ def prepare(argv: list[str] | None) -> tuple[TrainConfig, ModelSpec, LoadPlan, C
             raise ConfigError(f"--eval-tasks {error}") from None
         except ValueError as error:  # a tokenizer without a BOS
             raise ConfigError(f"--eval-tasks-prepend-bos: {error}") from None
-    return train, spec, plan, meta, tokenizer, tasks
+    return train, spec, plan, lora, meta, tokenizer, tasks
 
 
-def train_from(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, meta: CheckpointMetadata,
+def train_from(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, lora: LoraPlan | None, meta: CheckpointMetadata,
                tokenizer: HFTokenizer, progress: TrainingProgress, tasks: ZeroShotTasks | None) -> int:
     """Build, load, train and save on the started process groups; the exit status."""
     config = meta.model
     module = build_module(train, spec, config)
-    if plan.kind == "weights":
-        load_weights(module, spec, CheckpointReader(plan.folder, spec, plan.tag).layer, train.parallel.uses_pipeline)
+    pipeline = train.parallel.uses_pipeline
+    if lora is not None:  # the frozen base, then the adapters: fresh, or the weights of saved ones
+        load_weights(module, spec, CheckpointReader(lora.base["folder"], spec, lora.base["tag"]).layer, pipeline)
+        add_adapters(module, lora.config, train.seed, pipeline)
+        if lora.adapters is not None:
+            load_weights(module, spec, CheckpointReader(lora.adapters[0], spec, lora.adapters[1]).layer, pipeline, adapters_only=True)
+    elif plan.kind == "weights":
+        load_weights(module, spec, CheckpointReader(plan.folder, spec, plan.tag).layer, pipeline)
     engine = TrainingEngine(train, spec, module, load_universal=plan.kind == "universal")
     seed_everything(train.seed, parallel_state.get_tensor_model_parallel_rank(),
                     parallel_state.get_pipeline_model_parallel_rank())
@@ -101,7 +112,7 @@ def train_from(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, meta: Checkp
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        train, spec, plan, meta, tokenizer, tasks = prepare(argv)
+        train, spec, plan, lora, meta, tokenizer, tasks = prepare(argv)
         if train.dry_run:
             print(describe(train, spec, plan, meta.model))
             return 0
@@ -113,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = plan.progress or TrainingProgress()
     heartbeat = Heartbeat(lambda: progress.iteration)
     try:
-        status = train_from(train, spec, plan, meta, tokenizer, progress, tasks)
+        status = train_from(train, spec, plan, lora, meta, tokenizer, progress, tasks)
     except Exception as error:  # most often a collective that failed or timed out: say who is missing
         print(f"error: rank {heartbeat.rank} (host {heartbeat.host}) stopped at iteration {progress.iteration}: "
               f"{str(error).splitlines()[0] if str(error) else type(error).__name__}; {heartbeat.silent_ranks()}",

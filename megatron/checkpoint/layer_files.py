@@ -15,6 +15,7 @@ from torch import nn
 
 from megatron.checkpoint.layout import CheckpointError, layer_file, read_latest
 from megatron.checkpoint.metadata import read_metadata
+from megatron.models.common import lora
 from megatron.models.common.extra_state import EXTRA_STATE
 
 
@@ -22,11 +23,16 @@ def save_layer(tag_dir: Path, layer: int, tp_rank: int, tensors: dict[str, torch
     torch.save(tensors, layer_file(tag_dir, layer, tp_rank))
 
 
-def save_model_layers(model: nn.Module, tag_dir: Path, adapter, tp_rank: int) -> None:
+def save_model_layers(model: nn.Module, tag_dir: Path, adapter, tp_rank: int, adapters_only: bool = False) -> None:
     """This tensor rank's layer files of a whole model (`ModelSpec.build_model`'s module), its
-    parameter names mapped to pipeline layers by the family's `adapter`."""
-    layers: dict[int, dict[str, torch.Tensor]] = {}
+    parameter names mapped to pipeline layers by the family's `adapter`; with `adapters_only`,
+    the LoRA tensors alone (a file for every layer, empty where it has none, as DeepSpeed's
+    pipeline writes them without its frozen parameters)."""
+    layers: dict[int, dict[str, torch.Tensor]] = {
+        layer: {} for layer in adapter.parameter_layers(model.config.num_layers, model.config.tie_word_embeddings)}
     for name, tensor in model.state_dict().items():
+        if adapters_only and not lora.is_lora(name):
+            continue
         layer, local = adapter.plain_name_to_layer(name, model.config.num_layers)
         layers.setdefault(layer, {})[local] = tensor.detach().cpu().clone()
     for layer, tensors in layers.items():
@@ -59,5 +65,5 @@ class CheckpointReader:
             if not path.is_file():
                 raise CheckpointError(f"{path}: missing")
             shards.append(torch.load(path, map_location="cpu", weights_only=True))
-        return {name: self.adapter.merge_from_tp(name, [s[name] for s in shards], f"layer {layer} of {self.tag_dir}")
+        return {name: lora.merge_from_tp(self.adapter, name, [s[name] for s in shards], f"layer {layer} of {self.tag_dir}")
                 for name in shards[0] if not name.endswith(EXTRA_STATE)}

@@ -3,7 +3,8 @@ and tools read it), the metadata of every checkpoint of ours: the model family, 
 (shape and options), the HF config it exports to, and the TP/PP layout it was written at. One
 writer (`write_metadata`) and one reader (`read_metadata`, which finds the family's config class
 in the registry; checkpoints from before families were recorded are BLOOM's); the same dict is
-kept in each model-states file under `bloom`."""
+kept in each model-states file under `bloom`. A LoRA run's checkpoints hold adapters only: their
+metadata adds `lora`, the adapters' settings and the base checkpoint the run loaded."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 
 from megatron.checkpoint.layout import CheckpointError, model_states_file
 from megatron.models import get_model_spec
+from megatron.models.common.lora import LoraConfig
 from megatron.utils.atomic_files import write_atomically
 
 MODEL_CONFIG_FILE = "bloom_config.json"
@@ -28,11 +30,16 @@ class CheckpointMetadata:
     tensor_model_parallel_size: int
     pipeline_model_parallel_size: int
     family: str  # the registry's name of the model family (`megatron.models.FAMILIES`)
+    lora: LoraConfig | None = None  # adapters only: their settings
+    lora_base: dict | None = None  # and the base they were trained on: {"folder": ..., "tag": ...} (absolute)
 
     def to_json(self) -> dict:
-        return {"family": self.family, "model": dataclasses.asdict(self.model), "hf_config": self.hf_config,
+        meta = {"family": self.family, "model": dataclasses.asdict(self.model), "hf_config": self.hf_config,
                 "tensor_model_parallel_size": self.tensor_model_parallel_size,
                 "pipeline_model_parallel_size": self.pipeline_model_parallel_size}
+        if self.lora is not None:
+            meta["lora"] = {**dataclasses.asdict(self.lora), "base": self.lora_base}
+        return meta
 
 
 def write_metadata(folder: str | Path, meta: CheckpointMetadata) -> None:
@@ -50,8 +57,13 @@ def read_metadata(folder: str | Path) -> CheckpointMetadata:
         config = get_model_spec(family).config_class(**meta["model"])
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a {family} model config: {error}") from None
+    lora, base = None, None
+    if "lora" in meta:
+        settings = dict(meta["lora"])
+        base = settings.pop("base", None)
+        lora = LoraConfig(**{**settings, "targets": tuple(settings["targets"])})
     return CheckpointMetadata(config, meta["hf_config"], meta["tensor_model_parallel_size"],
-                              meta["pipeline_model_parallel_size"], family)
+                              meta["pipeline_model_parallel_size"], family, lora, base)
 
 
 def write_model_states(tag_dir: Path, meta: CheckpointMetadata) -> None:

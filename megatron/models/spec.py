@@ -58,3 +58,6 @@ class ModelSpec:
     # (config, seq_length) -> model FLOPs per token, and the formula in words
     flops_per_token: Callable
     flops_formula: str
+    # the block's linear layers LoRA may adapt, by their names in the block (`--lora-target`;
+    # the default: all of them)
+    lora_targets: tuple[str, ...] = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")

@@ -18,7 +18,7 @@ from megatron.models import spec_for_architecture
 from megatron.models.common.rope import megatron_rope_scaling
 from megatron.train import validation
 from megatron.train.config import (ArchitectureFlag, BatchConfig, CheckpointConfig, EvalTasksConfig, LoggingConfig,
-                                   ModelConfig, OptimizerConfig, ParallelConfig, TrainConfig)
+                                   LoraFlags, ModelConfig, OptimizerConfig, ParallelConfig, TrainConfig)
 from megatron.train.deepspeed_config import read_deepspeed_json
 from megatron.train.errors import ConfigError
 
@@ -172,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
                             help="if the checkpoint 'latest' names is damaged, start from the newest "
                                  "complete one before it (default: stop with an error)")
 
+    lora = parser.add_argument_group("LoRA (adapters on the frozen model; PEFT's tensor-parallel rule)")
+    lora.add_argument("--lora-rank", type=int, default=None, help="the adapters' rank r: turns LoRA on")
+    lora.add_argument("--lora-alpha", type=float, default=None, help="scaling alpha / r (default: alpha = r)")
+    lora.add_argument("--lora-dropout", type=float, default=None, help="dropout on the adapters' input (default 0)")
+    lora.add_argument("--lora-target", nargs="+", default=None, metavar="MODULE",
+                      help="the family's linear layers to adapt, by name (BLOOM and the Llama family: "
+                           "query_key_value dense dense_h_to_4h dense_4h_to_h, the default: all of them)")
+    lora.add_argument("--lora-rslora", action="store_true", default=None,
+                      help="rank-stabilised scaling alpha / sqrt(r)")
+    lora.add_argument("--lora-load", default=None, metavar="DIR",
+                      help="start from the adapters of this LoRA checkpoint (weights only); --load is the base")
+
     logging = parser.add_argument_group("logging and exit")
     logging.add_argument("--log-interval", type=int, default=100)
     logging.add_argument("--eval-interval", type=int, default=1000)
@@ -247,6 +259,23 @@ def architecture_flags(args: argparse.Namespace) -> tuple[ArchitectureFlag, ...]
     return tuple(flags)
 
 
+def lora_flags(args: argparse.Namespace) -> LoraFlags | None:
+    """The `--lora-*` flags, None when LoRA is off (no --lora-rank and no --lora-load)."""
+    values = (args.lora_alpha, args.lora_dropout, args.lora_target, args.lora_rslora)
+    if args.lora_rank is None and args.lora_load is None:
+        if any(value is not None for value in values):
+            raise ConfigError("--lora-alpha, --lora-dropout, --lora-target and --lora-rslora need --lora-rank "
+                              "(or --lora-load)")
+        return None
+    if args.lora_rank is not None and args.lora_rank < 1:
+        raise ConfigError(f"--lora-rank {args.lora_rank}: give a rank of 1 or more")
+    if args.lora_dropout is not None and not 0 <= args.lora_dropout < 1:
+        raise ConfigError(f"--lora-dropout {args.lora_dropout}: give a probability in [0, 1)")
+    return LoraFlags(rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                     targets=None if args.lora_target is None else tuple(args.lora_target),
+                     rslora=args.lora_rslora, load=args.lora_load)
+
+
 def parse_config(argv: list[str] | None = None, world_size: int | None = None) -> TrainConfig:
     """Flags -> TrainConfig, checked for a run on `world_size` processes (default: $WORLD_SIZE)."""
     args = build_parser().parse_args(argv)
@@ -263,6 +292,7 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
         raise ConfigError("--eval-tasks-interval and --eval-tasks-length-normalize need --eval-tasks FILE_OR_DIR")
     if args.eval_tasks is None and args.eval_tasks_prepend_bos:
         raise ConfigError("--eval-tasks-prepend-bos needs --eval-tasks FILE_OR_DIR")
+    lora = lora_flags(args)
     deepspeed_json = read_deepspeed_json(args.deepspeed_config)
     zero_stage = args.zero_stage if args.zero_stage is not None else int(
         deepspeed_json.get("zero_optimization", {}).get("stage", 1))
@@ -321,6 +351,7 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
             path=args.eval_tasks,
             interval=args.eval_interval if args.eval_tasks_interval is None else args.eval_tasks_interval,
             length_normalize=args.eval_tasks_length_normalize, prepend_bos=args.eval_tasks_prepend_bos),
+        lora=lora,
     )
     validation.validate(train)
     return train

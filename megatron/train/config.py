@@ -134,6 +134,20 @@ class EvalTasksConfig:
 
 
 @dataclass(frozen=True)
+class LoraFlags:
+    """LoRA as the flags ask for it (`--lora-*`); what is not given is None, taken from the
+    adapters of `--lora-load` or a relaunch's checkpoint, else defaulted by the family
+    (`load_plan.lora_settings`)."""
+
+    rank: int | None
+    alpha: float | None
+    dropout: float | None
+    targets: tuple[str, ...] | None
+    rslora: bool | None
+    load: str | None  # --lora-load: adapters (weights only) of one of our LoRA checkpoints
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig
     parallel: ParallelConfig
@@ -150,6 +164,7 @@ class TrainConfig:
     deepspeed_json: dict  # its content, read once (empty without --deepspeed_config)
     dry_run: bool
     eval_tasks: EvalTasksConfig | None = None
+    lora: LoraFlags | None = None  # None: full finetuning
 
     @property
     def train_iters(self) -> int:

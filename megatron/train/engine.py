@@ -17,7 +17,9 @@ from megatron.core import parallel_state
 from torch import nn
 
 from megatron.checkpoint.layer_files import save_model_layers
-from megatron.checkpoint.loading import LayerSource, load_layers_into_model, load_layers_into_pipeline
+from megatron.checkpoint.loading import LayerSource, load_layers_into_model, load_layers_into_pipeline, stage_modules
+from megatron.models.common import lora
+from megatron.models.common.layer_numbering import block_layer
 from megatron.models.common.parallel_config import model_parallel_config
 from megatron.models.spec import ModelSpec
 from megatron.train.config import OptimizerConfig, TrainConfig
@@ -43,12 +45,15 @@ class ModelWithLoss(nn.Module):
 
 
 def adamw(module: nn.Module, args: OptimizerConfig) -> torch.optim.Optimizer:
-    """Megatron's Adam: decoupled weight decay on matrices, none on biases and LayerNorms."""
+    """Megatron's Adam: decoupled weight decay on matrices, none on biases and LayerNorms; the
+    trainable parameters only (LoRA's adapters), an empty group where a pipeline stage has none
+    (DeepSpeed's engine needs an optimizer on every stage; torch refuses an empty list)."""
     params = [p for p in module.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
+    groups = [group for group in groups if group["params"]] or groups[:1]
     return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps,
                              fused=torch.cuda.is_available())
 
@@ -67,14 +72,41 @@ def build_module(train: TrainConfig, spec: ModelSpec, config) -> nn.Module:
     return ModelWithLoss(model, train.norm_target_loss)
 
 
-def load_weights(module: nn.Module, spec: ModelSpec, layers: LayerSource, is_pipeline: bool) -> None:
-    """Whole layers (`layers(index)`) into a module from `build_module`, before the engine exists."""
+def load_weights(module: nn.Module, spec: ModelSpec, layers: LayerSource, is_pipeline: bool,
+                 adapters_only: bool = False) -> None:
+    """Whole layers (`layers(index)`) into a module from `build_module`, before the engine exists;
+    with `adapters_only`, the LoRA adapters `add_adapters` made."""
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
     if is_pipeline:
-        load_layers_into_pipeline(module, layers, spec.adapter, tp_rank, tp_size)
+        load_layers_into_pipeline(module, layers, spec.adapter, tp_rank, tp_size, adapters_only)
     else:
-        load_layers_into_model(module.model, layers, spec.adapter, tp_rank, tp_size)
+        load_layers_into_model(module.model, layers, spec.adapter, tp_rank, tp_size, adapters_only)
+
+
+def _outputs_require_grad(module: nn.Module, args, outputs):
+    """On a pipeline stage without adapters (an embedding-only first stage), its activations
+    are leaves that DeepSpeed's backward still runs through: make them differentiable leaves."""
+    if torch.is_grad_enabled():
+        for tensor in outputs if isinstance(outputs, tuple) else (outputs,):
+            if torch.is_tensor(tensor) and tensor.is_floating_point() and not tensor.requires_grad:
+                tensor.requires_grad_(True)
+    return outputs
+
+
+def add_adapters(module: nn.Module, config: lora.LoraConfig, seed: int, is_pipeline: bool) -> None:
+    """LoRA on the targeted linear layers of every block of this rank's module from `build_module`,
+    the rest frozen (`models/common/lora.py`)."""
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    if is_pipeline:
+        layers = list(stage_modules(module))
+    else:
+        layers = [(block_layer(i), block) for i, block in enumerate(module.model.layers)]
+    attached = sum(len(lora.attach(layer_module, config, layer, seed, tp_rank, tp_size)) for layer, layer_module in layers)
+    lora.freeze_all_but_adapters(module)
+    if is_pipeline and not attached:
+        module.register_forward_hook(_outputs_require_grad)
 
 
 class TrainingEngine:
@@ -84,6 +116,7 @@ class TrainingEngine:
         self.train = train
         self.spec = spec
         self.is_pipeline = train.parallel.uses_pipeline
+        self.adapters_only = train.lora is not None  # LoRA: checkpoints hold the adapters alone
         config = deepspeed_config(train)
         config.setdefault("checkpoint", {})["load_universal"] = load_universal  # not a JSON's say
         self.engine, *_ = deepspeed.initialize(
@@ -150,8 +183,9 @@ class TrainingEngine:
     def save(self, folder: Path, tag: str, client_state: dict) -> None:
         """DeepSpeed's files of tag `tag` (model, optimizer, `client_state`), and for the whole
         model the layer files the pipeline writes itself, so every checkpoint has the same
-        layout for conversion and weights-only loading."""
-        self.engine.save_checkpoint(str(folder), tag=tag, client_state=client_state, save_latest=False)
+        layout for conversion and weights-only loading; with LoRA, the adapters' tensors alone."""
+        self.engine.save_checkpoint(str(folder), tag=tag, client_state=client_state, save_latest=False,
+                                    exclude_frozen_parameters=self.adapters_only)
         if self.is_pipeline:
             return
         model = self.engine.module.model
@@ -159,12 +193,13 @@ class TrainingEngine:
         with deepspeed.zero.GatheredParameters(list(model.parameters()), enabled=zero3):
             if parallel_state.get_data_parallel_rank() == 0:
                 save_model_layers(model, folder / tag, self.spec.adapter,
-                                  parallel_state.get_tensor_model_parallel_rank())
+                                  parallel_state.get_tensor_model_parallel_rank(), self.adapters_only)
 
     def load(self, folder: Path, tag: str) -> dict:
         """Weights and optimizer states of a training checkpoint; its client state."""
         path, client_state = self.engine.load_checkpoint(
-            str(folder), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False)
+            str(folder), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False,
+            load_module_strict=not self.adapters_only)
         if path is None:
             raise RuntimeError(f"--load {folder}: DeepSpeed could not load {tag}")
         if self.engine.load_universal_checkpoint():

@@ -10,6 +10,9 @@
   `--load` (DeepSpeed's format, `tools/convert_checkpoint/to_universal.py`): weights and Adam
   moments at any TP x PP x DP (a fresh Adam with `--no-load-optim` or `--finetune`), the progress
   it carries (unless `--reset-progress` or `--finetune`); the RNG is reseeded.
+
+With LoRA (`--lora-rank`), a model's checkpoint in `--load` is the frozen base: its weights, at any
+TP/PP, whatever training state it has; the adapters' side is `lora_plan.py`.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ def plan_load(train: TrainConfig) -> LoadPlan:
     folder = Path(args.save if relaunch else args.load)
     flag = "--save" if relaunch else "--load"
     tag = _complete_tag(folder, flag, train.checkpoint.fallback)
+    if train.lora is not None and not relaunch and _is_model(folder):  # LoRA's frozen base: its weights
+        return LoadPlan("weights", folder, tag)
     progress_file = folder / tag / PROGRESS_FILE
     first_launch_only = not relaunch and (args.finetune or args.no_load_optim)
     if not progress_file.is_file() or first_launch_only:
@@ -63,6 +68,14 @@ def plan_load(train: TrainConfig) -> LoadPlan:
     if progress_file.is_file() and (relaunch or not (args.finetune or args.reset_progress)):
         progress = TrainingProgress(**json.loads(progress_file.read_text()))
     return LoadPlan(kind, folder, tag, progress)
+
+
+def _is_model(folder: Path) -> bool:
+    """A model's checkpoint, not one of LoRA adapters."""
+    try:
+        return read_metadata(folder).lora is None
+    except CheckpointError as error:
+        raise ConfigError(f"--load {error}") from None
 
 
 def _universal_plan(folder: Path, reset_progress: bool) -> LoadPlan:
