@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train, spec, plan, lora, meta, tokenizer, tasks = prepare(argv)
         if train.dry_run:
-            print(describe(train, spec, plan, meta.model))
+            print(describe(train, spec, plan, meta.model, meta.lora))
             return 0
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

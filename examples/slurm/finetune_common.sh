@@ -2,14 +2,16 @@
 # sourced after they set the model and its layout (RUN_NAME NLAYERS NHIDDEN NHEADS TP PP
 # MICRO_BATCH_SIZE GLOBAL_BATCH_SIZE PRECISION TRAIN_ITERS DEFAULT_NNODES DS_CONFIG, and for a
 # family other than BLOOM its architecture flags ARCH_FLAGS and its padded vocabulary
-# PADDED_VOCAB). It builds finetune_xp3.py's flags, then either prints the launch plan
-# (DRY_RUN=1: world size, gradient accumulation, stages, memory per GPU; nothing launched, no GPU
-# needed) or starts one process per GPU with srun.
+# PADDED_VOCAB; for LoRA, its --lora-* flags LORA_FLAGS and its learning rate LR, 2e-5 without).
+# It builds finetune_xp3.py's flags, then either prints the launch plan (DRY_RUN=1: world size,
+# gradient accumulation, stages, memory per GPU; nothing launched, no GPU needed) or starts one
+# process per GPU with srun.
 #
 # Every launch is the same command: the run resumes from the newest checkpoint in CHECKPOINT_DIR
 # when there is one, and otherwise starts from INIT_CHECKPOINT with a fresh optimizer and
-# progress. Before the time limit SLURM sends SIGUSR1 (#SBATCH --signal); the run finishes its
-# step, saves and exits 0, and the job requeues itself until TRAIN_ITERS is reached.
+# progress (with LORA_FLAGS, INIT_CHECKPOINT is the frozen model, and CHECKPOINT_DIR holds the
+# adapters alone). Before the time limit SLURM sends SIGUSR1 (#SBATCH --signal); the run finishes
+# its step, saves and exits 0, and the job requeues itself until TRAIN_ITERS is reached.
 #
 # Moving a run to another layout (TP, PP or the node count changed) with its optimizer state:
 # make its newest checkpoint universal (python tools/convert_checkpoint/to_universal.py
@@ -63,8 +65,9 @@ FLAGS=(
     --seq-length 2048 --micro-batch-size "$MICRO_BATCH_SIZE" --global-batch-size "$GLOBAL_BATCH_SIZE"
     --train-iters "$TRAIN_ITERS" "--$PRECISION" --seed 42 --checkpoint-activations
     --optimizer adam --adam-beta1 0.9 --adam-beta2 0.95 --adam-eps 1e-8 --weight-decay 1e-4
-    --lr 2e-5 --lr-decay-style constant --lr-warmup-samples 0 --clip-grad 1.0
+    --lr "${LR:-2e-5}" --lr-decay-style constant --lr-warmup-samples 0 --clip-grad 1.0
     --norm-target-loss
+    ${LORA_FLAGS[@]+"${LORA_FLAGS[@]}"}
     --train-weighted-split-paths-path "$DATA_DIR/xp3_train.txt"
     --valid-weighted-split-paths-path "$DATA_DIR/xp3_valid.txt"
     "${START[@]}"

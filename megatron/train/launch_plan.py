@@ -20,6 +20,18 @@ Memory per GPU, for P parameters on the GPU and data-parallel size d:
 - logits: s*b*V/t * (2 + 4 + 4) bytes on the LM head's stage (half logits, fp32 copy, gradient);
   with `--lm-head-loss chunked`, one chunk's fp32 logits (`CHUNK_BYTES`).
 CUDA context, communication buffers and fragmentation come on top.
+
+With LoRA (`--lora-rank`) the model is frozen: its weights stay (2P or 4P; ZeRO-3 is refused
+with LoRA) and the adapters' own L parameters join them (2L or 4L); gradients and optimizer are
+the adapters' alone, by the rules above with L in place of P. A block's L is counted from the
+family's tensor shapes (`layer_shapes`): a targeted weight `[out, in]` gets r*(in + out), of
+which a GPU holds r*in + r*out/t for a column-parallel weight (B split, A whole) and
+r*in/t + r*out for a row-parallel one (PEFT's rule, `models/common/lora.py`). The activations are
+taken as full finetuning's: recomputation keeps each layer's input as before, and where a frozen
+weight keeps no input for its weight gradient, the adapter's A beside it keeps that same input
+for its own. Left out: A's rank-sized outputs (r/h of a layer input each) and, with
+`--lora-dropout`, each adapter's dropped-out copy of its input and mask (within the one layer
+recomputed at a time under `--checkpoint-activations`).
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from megatron.data.data_config import DataGroup
 from megatron.data.indexed_dataset import IndexedDatasetError
 from megatron.data.mtf_datasets import pair_range
 from megatron.kernels.lm_head_loss import CHUNK_BYTES
+from megatron.models.common.lora import LoraConfig
 from megatron.models.spec import ModelSpec
 from megatron.train.config import TrainConfig
 from megatron.train.errors import ConfigError
@@ -47,7 +60,8 @@ class Stage:
     blocks: int
     final_norm: bool
     lm_head: bool
-    parameters: int
+    parameters: int  # the model's
+    adapters: int  # LoRA's
     memory: dict[str, float]
 
     def holds(self) -> str:
@@ -58,16 +72,31 @@ class Stage:
         return " + ".join(parts)
 
 
-def stages(train: TrainConfig, spec: ModelSpec, config) -> list[Stage]:
+def adapter_parameters(spec: ModelSpec, config, lora: LoraConfig, tp: int) -> int:
+    """LoRA's parameters in one block on one of `tp` tensor ranks: r*(in + out) for each targeted
+    weight `[out, in]`, B split over TP for a column-parallel weight, A for a row-parallel one."""
+    count = 0
+    for name, shape in spec.adapter.layer_shapes(config, "block").items():
+        module, _, leaf = name.rpartition(".")
+        if leaf != "weight" or module.rpartition(".")[2] not in lora.targets:
+            continue
+        out, into = shape
+        split = spec.adapter.tp_split_dim(name)
+        count += lora.rank * (into // (tp if split == 1 else 1) + out // (tp if split == 0 else 1))
+    return count
+
+
+def stages(train: TrainConfig, spec: ModelSpec, config, lora: LoraConfig | None = None) -> list[Stage]:
     tp, pp = train.parallel.tensor, train.parallel.pipeline
     if not train.parallel.uses_pipeline:  # the whole model on every GPU
-        return [_stage(train, spec, config, 0, ["embedding", *["block"] * config.num_layers, "final_norm",
-                                                "lm_head"])]
+        return [_stage(train, spec, config, lora, 0, ["embedding", *["block"] * config.num_layers, "final_norm",
+                                                      "lm_head"])]
     layers = spec.stage_layers(config, tp, pp, train.parallel.partition_method)
-    return [_stage(train, spec, config, index, kinds) for index, kinds in enumerate(layers)]
+    return [_stage(train, spec, config, lora, index, kinds) for index, kinds in enumerate(layers)]
 
 
-def _stage(train: TrainConfig, spec: ModelSpec, config, index: int, kinds: list[str]) -> Stage:
+def _stage(train: TrainConfig, spec: ModelSpec, config, lora: LoraConfig | None, index: int,
+           kinds: list[str]) -> Stage:
     tp, dp, zero = train.parallel.tensor, train.parallel.data, train.parallel.zero_stage
     h, a, s, b = config.hidden_size, config.num_heads, train.data.seq_length, train.batch.micro
     embedding, blocks, final_norm, lm_head = ("embedding" in kinds, kinds.count("block"), "final_norm" in kinds,
@@ -80,6 +109,8 @@ def _stage(train: TrainConfig, spec: ModelSpec, config, index: int, kinds: list[
     else:
         vocabulary = embedding * count(config, "embedding", tp) + lm_head * count(config, "lm_head", tp)
     parameters = vocabulary + blocks * count(config, "block", tp) + final_norm * count(config, "final_norm", tp)
+    adapters = blocks * adapter_parameters(spec, config, lora, tp) if lora else 0
+    trained = adapters if lora else parameters  # LoRA: the model frozen, no gradients or optimizer state
     half = train.precision in ("fp16", "bf16")
     element = 2 if half else 4
     in_flight = min(train.parallel.pipeline - index, train.batch.gradient_accumulation) if train.parallel.uses_pipeline else 1
@@ -92,14 +123,14 @@ def _stage(train: TrainConfig, spec: ModelSpec, config, index: int, kinds: list[
         activations = blocks * in_flight * layer_full
     activations += in_flight * layer_input  # the stage's output (or the embedding's) per micro-batch
     memory = {
-        "weights": parameters * element / (dp if zero == 3 else 1),
-        "gradients": parameters * (2 if train.precision == "fp16" else 4) / (dp if zero >= 2 else 1),
-        "optimizer": parameters * (12 if half else 8) / (dp if zero >= 1 else 1),
+        "weights": (parameters + adapters) * element / (dp if zero == 3 else 1),
+        "gradients": trained * (2 if train.precision == "fp16" else 4) / (dp if zero >= 2 else 1),
+        "optimizer": trained * (12 if half else 8) / (dp if zero >= 1 else 1),
         "activations": activations,
         "logits": lm_head * (CHUNK_BYTES if config.lm_head_loss == "chunked"
                              else s * b * config.vocab_size / tp * (element + 8)),
     }
-    return Stage(index, embedding, blocks, final_norm, lm_head, parameters, memory)
+    return Stage(index, embedding, blocks, final_norm, lm_head, parameters, adapters, memory)
 
 
 def data_summary(group: DataGroup) -> str:
@@ -129,8 +160,17 @@ def _fusions(config) -> str:
     return ", ".join(f"{what} {_on(getattr(config, field))}" for field, what in FUSIONS if hasattr(config, field))
 
 
-def describe(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, config) -> str:
-    """The dry run's report."""
+def _lora(spec: ModelSpec, config, lora: LoraConfig, total: int) -> str:
+    """The LoRA settings and the adapters' parameters, whole."""
+    adapters = config.num_layers * adapter_parameters(spec, config, lora, 1)
+    scaling = f"alpha/sqrt(r) = {lora.scaling:g}, rsLoRA" if lora.rslora else f"alpha/r = {lora.scaling:g}"
+    return (f"LoRA: rank {lora.rank}, alpha {lora.alpha:g} (scaling {scaling}), dropout {lora.dropout:g}, targets "
+            f"{' '.join(lora.targets)}: {adapters:,} adapter parameters ({adapters / total:.3%} of the model's), "
+            "the only ones with gradients and optimizer state; the model frozen")
+
+
+def describe(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, config, lora: LoraConfig | None = None) -> str:
+    """The dry run's report; `lora`: the run's adapters (None: full finetuning)."""
     par, batch = train.parallel, train.batch
     tied = config.tie_word_embeddings
     total = sum(spec.adapter.layer_parameters(config, spec.adapter.layer_kind(layer, config.num_layers, tied), 1)
@@ -157,19 +197,20 @@ def describe(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, config) -> str
         f"LM head loss {config.lm_head_loss}, {_fusions(config)}, "
         f"{'PipelineModule' if train.parallel.uses_pipeline else 'whole model on every GPU'}, activation "
         f"recomputation {_on(train.model.checkpoint_activations)}",
+        *([_lora(spec, config, lora, total)] if lora else []),
         f"starts from: {start}",
         "data:",
         *(f"  {data_summary(group)}" for group in [train.data.train, *train.data.valid]),
         "per GPU (GiB)           weights  grads  optimizer  activations  logits  total  params",
     ]
-    rows = stages(train, spec, config)
+    rows = stages(train, spec, config, lora)
     for first, last in _runs(rows):
         stage = rows[first]
         label = f"stage {first}" if first == last else f"stages {first}-{last}"
         m = {k: v / GIB for k, v in stage.memory.items()}
         lines.append(f"  {label:<21} {m['weights']:7.2f} {m['gradients']:6.2f} {m['optimizer']:10.2f} "
                      f"{m['activations']:12.2f} {m['logits']:7.2f} {sum(m.values()):6.2f}  "
-                     f"{_count(stage.parameters)}  {stage.holds()}{' each (memory: the most of them)' * (first != last)}")
+                     f"{_count(stage.parameters)}{f' + {_count(stage.adapters)} LoRA' * bool(lora)}  {stage.holds()}{' each (memory: the most of them)' * (first != last)}")
     peak = max(rows, key=lambda r: sum(r.memory.values()))
     lines.append(f"peak estimate: {sum(peak.memory.values()) / GIB:.2f} GiB on stage {peak.index}, plus "
                  "CUDA context, communication buffers and fragmentation (keep 10-15% of the GPU free)")

@@ -3,7 +3,8 @@
 folder layout into datasets and mixture files (weights from the preprocessed bytes); and each
 BLOOMZ recipe's dry run (and the Llama-3.1-8B and Qwen2.5-7B ones') prints its world size,
 gradient accumulation, stages and memory estimate without launching anything, the memory pinned
-to a figure derived by hand."""
+to a figure derived by hand (the LoRA recipe's too, and the LoRA plan's terms on a small model, to
+the byte)."""
 
 from __future__ import annotations
 
@@ -99,7 +100,23 @@ def test_mixture_tool_names_a_missing_dataset_and_writes_nothing(xp3_data, tmp_p
     assert not (tmp_path / "train.txt").exists()
 
 
+def _metadata_only_base(folder: Path, config) -> None:
+    """What a LoRA dry run reads of its frozen model: the `latest` pointer, the tag folder and
+    the metadata (the weights are read at launch only)."""
+    from megatron.checkpoint.layout import write_latest
+    from megatron.checkpoint.metadata import CheckpointMetadata, write_metadata
+
+    (folder / "global_step0").mkdir(parents=True)
+    write_metadata(folder, CheckpointMetadata(config, config.to_hf(config.vocab_size).to_dict(), 1, 1, "bloom"))
+    write_latest(folder, "global_step0")
+
+
 def _dry_run(recipe: str, demo_dir: Path, data: Path, tmp_path: Path) -> str:
+    if recipe.endswith("-lora"):  # BLOOM-176B, converted (its metadata alone)
+        from megatron.models.bloom.config import BloomModelConfig
+
+        _metadata_only_base(tmp_path / "init", BloomModelConfig(vocab_size=V, hidden_size=14336, num_layers=70,
+                                                                num_heads=112))
     env = dict(os.environ, DRY_RUN="1", TOKENIZER=str(demo_dir / "tokenizer"), DATA_DIR=str(data),
                REPO_DIR=str(REPO), PYTHON=sys.executable, PYTHONWARNINGS="ignore",
                INIT_CHECKPOINT=str(tmp_path / "init"), CHECKPOINT_DIR=str(tmp_path / "run"),
@@ -152,6 +169,12 @@ EXPECTED_PEAK_GIB = {
     # TP1 PP72 DP4 bf16: stage 0 holds the embedding (Vh) and the outputs of its 72 micro-batches in
     # flight under 1F1B
     "bloomz-176b": (V * 14336 * (2 + 4 + 12 / 4) + 72 * 2 * S * 14336) / GIB,
+    # LoRA r16 on every linear layer, TP1 PP8 DP1 bf16: stage 0 holds the embedding and 8 frozen
+    # blocks (2 bytes a parameter), the blocks' adapters, r*(h + 3h) + r*(h + h) + r*(h + 4h) +
+    # r*(4h + h) = 16rh a block, with their fp32 gradients and Adam state (4 + 12 bytes, DP 1),
+    # and 8 micro-batches in flight
+    "bloomz-176b-lora": ((V * 14336 + 8 * 12 * 14336**2) * 2 + 8 * 16 * 16 * 14336 * (2 + 4 + 12)
+                         + _activations(14336, 1, 1, 8, 8)) / GIB,
 }
 # The Llama-family recipes, bf16 (4P for the gradients), TP2 PP1 DP32, micro-batch 2
 LLAMA_3_1_8B = _llama(h=4096, a=32, g=8, f=14336, layers=32, vocab=128256, t=2)
@@ -169,6 +192,11 @@ RECIPES = {  # recipe -> (world line, gradient accumulation, stage lines expecte
     "bloomz-7b1": ("world size 64 = TP 1 x PP 1 x DP 64", 8, ["embedding + 30 blocks + final norm + LM head"]),
     "bloomz-176b": ("world size 288 = TP 1 x PP 72 x DP 4", 512,
                     ["stage 0 ", " embedding\n", "stages 1-69 ", "1 block each", "stage 70 ", "1 block + final norm", "stage 71 ", "LM head\n"]),
+    "bloomz-176b-lora": ("world size 8 = TP 1 x PP 8 x DP 1", 2048,
+                         ["stage 0 ", "+ 29.36M LoRA  embedding + 8 blocks\n", "stages 1-6 ", "9 blocks each",
+                          "stage 7 ", "8 blocks + final norm + LM head",
+                          "LoRA: rank 16, alpha 32 (scaling alpha/r = 2), dropout 0.05, targets query_key_value "
+                          "dense dense_h_to_4h dense_4h_to_h: 256,901,120 adapter parameters"]),
     "llama-3.1-8b-xp3": ("world size 64 = TP 2 x PP 1 x DP 32", 32,
                          ["embedding + 32 blocks + final norm + LM head", "llama, 32 layers, hidden 4096, 32 heads over "
                           "8 KV heads, vocabulary 128256, LM head untied: 8.03B parameters"]),
@@ -191,10 +219,62 @@ def test_recipe_dry_run_prints_the_layout_and_memory(recipe, demo_dir, xp3_data,
     # a GPU launch picks the fused paths, attention dropout 0.1 included (the Triton kernel)
     family = "bloom" if recipe.startswith("bloomz") else "llama"
     assert f"attention triton, LM head loss chunked, {FUSIONS[family]}, PipelineModule" in out
-    assert "starts from: random initialisation" in out  # no converted checkpoint in this test
+    if recipe.endswith("-lora"):  # the frozen model: the converted checkpoint's weights
+        assert f"starts from: the weights of {tmp_path / 'init'}/global_step0" in out
+    else:
+        assert "starts from: random initialisation" in out  # no converted checkpoint in this test
     assert "train: 2 datasets" in out and "valid_xp3_fr: 1 datasets" in out
     for expected in stage_lines:
         assert expected in out, out
     peak = float(re.search(r"peak estimate: ([\d.]+) GiB", out).group(1))
     assert peak == pytest.approx(EXPECTED_PEAK_GIB[recipe], rel=0.1), out
     assert peak < 80 * 0.85  # each recipe fits an 80 GB GPU, with room for the CUDA context
+
+
+def test_lora_plan_keeps_the_frozen_weights_and_trains_the_adapters_alone(demo_dir, xp3_data, tmp_path, capsys,
+                                                                          monkeypatch):
+    """The dry run of LoRA r8 (all four targets) on a small BLOOM (4 blocks, h = 1024, 65,536
+    vocabulary rows) at TP 2 x PP 1 x DP 4, bf16, ZeRO-1, derived by hand to the byte: the model's
+    P parameters on a GPU stay as weights (2P, not sharded by ZeRO-1), and the adapters' A join
+    them; gradients (4A: fp32) and Adam with its fp32 master weights (12A / DP) are the adapters'
+    alone. By PEFT's rule a block's adapters hold r*h + r*3h/2 (query_key_value, column-parallel:
+    B split), r*h/2 + r*h (dense, row-parallel: A split), r*h + r*4h/2 (dense_h_to_4h) and
+    r*4h/2 + r*h (dense_4h_to_h) on a GPU, 10rh; 16rh whole. The activations are full
+    finetuning's."""
+    import finetune_xp3
+
+    from megatron.models.bloom.config import BloomModelConfig
+    from megatron.train.launch_plan import stages
+
+    h, layers, vocab, r, dp = 1024, 4, 65536, 8, 4
+    _metadata_only_base(tmp_path / "base", BloomModelConfig(vocab_size=vocab, hidden_size=h, num_layers=layers,
+                                                            num_heads=16))
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    full = ["--tensor-model-parallel-size", "2", "--tokenizer-name-or-path", demo_dir / "tokenizer",
+            "--seq-length", "2048", "--micro-batch-size", "1", "--global-batch-size", "8", "--train-iters", "10",
+            "--bf16", "--checkpoint-activations", "--lr", "1e-4", "--zero-stage", "1",
+            "--train-weighted-split-paths-path", xp3_data / "xp3_train.txt", "--load", tmp_path / "base", "--dry-run"]
+    lora = [*full, "--lora-rank", str(r), "--lora-alpha", "16"]
+    train, spec, _, _, meta, _, _ = finetune_xp3.prepare(list(map(str, lora)))
+    (stage,) = stages(train, spec, meta.model, meta.lora)
+    # P on a GPU: the embedding (Vh/2 + its norm 2h), each block (12h^2/2 matrices; biases 3h/2,
+    # h, 4h/2, h; norms 4h) and the final norm (2h)
+    p = vocab * h // 2 + 2 * h + layers * (6 * h * h + 19 * h // 2) + 2 * h
+    a = layers * 10 * r * h
+    assert (stage.parameters, stage.adapters) == (p, a)
+    assert stage.memory["weights"] == 2 * (p + a)
+    assert stage.memory["gradients"] == 4 * a
+    assert stage.memory["optimizer"] == 12 * a / dp
+    (whole,) = stages(*finetune_xp3.prepare(list(map(str, full)))[:2], meta.model)
+    assert (whole.memory["gradients"], whole.memory["optimizer"]) == (4 * p, 12 * p / dp)
+    assert (stage.memory["activations"], stage.memory["logits"]) == (whole.memory["activations"], whole.memory["logits"])
+
+    capsys.readouterr()
+    assert finetune_xp3.main(list(map(str, lora))) == 0
+    out = capsys.readouterr().out
+    assert (f"LoRA: rank 8, alpha 16 (scaling alpha/r = 2), dropout 0, targets query_key_value dense dense_h_to_4h "
+            f"dense_4h_to_h: {layers * 16 * r * h:,} adapter parameters") in out
+    assert f"starts from: the weights of {tmp_path / 'base'}/global_step0" in out
+    assert f" + {a / 1e6:.2f}M LoRA  embedding + 4 blocks + final norm + LM head" in out
+    peak = float(re.search(r"peak estimate: ([\d.]+) GiB", out).group(1))
+    assert peak == pytest.approx(sum(stage.memory.values()) / GIB, abs=0.006)
