@@ -141,3 +141,19 @@ def from_hf_layer(layer: int, hf: dict[str, torch.Tensor], config) -> dict[str, 
 def to_hf_layer(layer: int, tensors: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     """A layer's tensors by their full HF names."""
     return {layer_to_hf(layer, local, config.num_layers): tensor for local, tensor in tensors.items()}
+
+
+# LoRA (`models/common/lora.py`) as HF PEFT names it: the HF modules PEFT adapts for each of our
+# targets (BLOOM's names are ours), and a layer's adapter tensors by their HF names and back
+LORA_HF_MODULES = {"query_key_value": ("query_key_value",), "dense": ("dense",),
+                   "dense_h_to_4h": ("dense_h_to_4h",), "dense_4h_to_h": ("dense_4h_to_h",)}
+
+
+def lora_to_hf_layer(layer: int, tensors: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """A layer's LoRA tensors by their full HF names (`transformer.h.{i}.<module>.lora_A.weight`)."""
+    return to_hf_layer(layer, tensors, config)
+
+
+def lora_from_hf_layer(layer: int, hf: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """A layer's LoRA tensors by our names from PEFT's, as `hf_to_layer` names them (the same)."""
+    return dict(hf)

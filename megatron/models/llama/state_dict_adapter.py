@@ -28,6 +28,7 @@ from megatron.models.common import layer_numbering, tensor_split
 from megatron.models.common.layer_numbering import (EMBEDDING_LAYER, FIRST_BLOCK_LAYER, block_layer,  # noqa: F401
                                                     final_norm_layer, layer_to_plain_name, lm_head_layer,
                                                     plain_name_to_layer)
+from megatron.models.spec import UnsupportedConfig
 
 SPLIT_DIMS = {
     "word_embeddings.weight": 0,
@@ -200,3 +201,77 @@ def to_hf_layer(layer: int, tensors: dict[str, torch.Tensor], config) -> dict[st
             out.update({f"{prefix}mlp.gate_proj.{suffix}": gate.contiguous(),
                         f"{prefix}mlp.up_proj.{suffix}": up.contiguous()})
     return out
+
+
+# LoRA (`models/common/lora.py`) as HF PEFT names it: the HF modules PEFT adapts for each of our
+# targets; our fused `query_key_value` and `dense_h_to_4h` are q/k/v and gate/up, each with the
+# same A and its rows of B (the rows `to_hf_layer` gives the weight)
+LORA_HF_MODULES = {"query_key_value": ("q_proj", "k_proj", "v_proj"), "dense": ("o_proj",),
+                   "dense_h_to_4h": ("gate_proj", "up_proj"), "dense_4h_to_h": ("down_proj",)}
+_LORA_MODULES = {  # our module in a block: its HF parent module, the HF modules it is
+    "self_attention.query_key_value": "self_attn",
+    "self_attention.dense": "self_attn",
+    "mlp.dense_h_to_4h": "mlp",
+    "mlp.dense_4h_to_h": "mlp",
+}
+
+
+def _lora_parts(ours: str) -> list[str]:
+    return [f"{_LORA_MODULES[ours]}.{name}" for name in LORA_HF_MODULES[ours.rsplit(".", 1)[-1]]]
+
+
+def _unfuse_lora_b(ours: str, b: torch.Tensor, config) -> tuple[torch.Tensor, ...]:
+    if ours.endswith("query_key_value"):
+        return _unfuse_qkv(b, config)
+    if ours.endswith("dense_h_to_4h"):
+        return tuple(part.contiguous() for part in b.chunk(2))
+    return (b,)
+
+
+def _fuse_lora_b(ours: str, parts: list[torch.Tensor], config) -> torch.Tensor:
+    if ours.endswith("query_key_value"):
+        return _fuse_qkv(*parts, config)
+    return torch.cat(parts)
+
+
+def lora_to_hf_layer(layer: int, tensors: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """A layer's LoRA tensors by their full HF names (`model.layers.{i}.self_attn.q_proj.lora_A.weight`):
+    a fused module's A copied to each of its parts, its B split by their rows."""
+    prefix = f"{_HF_LAYER_PREFIX}{layer - FIRST_BLOCK_LAYER}."
+    out = {}
+    for ours in _LORA_MODULES:
+        if f"{ours}.lora_A.weight" not in tensors:
+            continue
+        a = tensors[f"{ours}.lora_A.weight"]
+        for part, b in zip(_lora_parts(ours), _unfuse_lora_b(ours, tensors[f"{ours}.lora_B.weight"], config)):
+            out[f"{prefix}{part}.lora_A.weight"] = a.clone()
+            out[f"{prefix}{part}.lora_B.weight"] = b
+    return out
+
+
+def lora_from_hf_layer(layer: int, hf: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """A layer's LoRA tensors by our names from PEFT's (as `hf_to_layer` names them); refuses
+    (UnsupportedConfig) adapters on only some parts of a fused module or with different A's there
+    (ours shares one A); a missing or unknown tensor raises KeyError naming it."""
+    hf, ours, block = dict(hf), {}, layer - FIRST_BLOCK_LAYER
+    for module in _LORA_MODULES:
+        parts = _lora_parts(module)
+        present = [part for part in parts if f"{part}.lora_A.weight" in hf]
+        if not present:
+            continue
+        if present != parts:
+            raise UnsupportedConfig(f"block {block}: LoRA on {', '.join(present)} but not on all of "
+                                    f"{', '.join(parts)}: our fused {module} takes one adapter for all of them")
+        try:
+            a = [hf.pop(f"{part}.lora_A.weight") for part in parts]
+            b = [hf.pop(f"{part}.lora_B.weight") for part in parts]
+        except KeyError as error:
+            raise KeyError(f"{error.args[0]} is missing") from None
+        if any(not torch.equal(other, a[0]) for other in a[1:]):
+            raise UnsupportedConfig(f"block {block}: the lora_A of {', '.join(parts)} differ: our fused {module} "
+                                    "shares one A among them")
+        ours[f"{module}.lora_A.weight"] = a[0]
+        ours[f"{module}.lora_B.weight"] = _fuse_lora_b(module, b, config)
+    if hf:
+        raise KeyError(f"{sorted(hf)} are not LoRA tensors of this model's targets")
+    return ours
