@@ -5,11 +5,13 @@ HF -> ours: read the HF folder lazily (`hf_reader`), pad the vocabulary, split e
 tensor rank and write its layer files (and the model-states files, `latest` and the metadata),
 under a temporary folder renamed when complete. Ours -> HF: merge each layer across tensor ranks
 (`CheckpointReader`, checking replicated tensors agree), drop the vocabulary padding, and write
-size-sharded safetensors, `config.json` and the tokenizer.
+size-sharded safetensors, `config.json` and the tokenizer. LoRA: a PEFT adapter comes in as one of
+our LoRA checkpoints (`peft_format`); a LoRA checkpoint goes out merged into its base.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sys
@@ -23,7 +25,10 @@ from tqdm import tqdm
 from megatron.checkpoint.hf_reader import HFCheckpoint
 from megatron.checkpoint.layer_files import CheckpointReader, save_layer
 from megatron.checkpoint.layout import CheckpointError, tag_for, write_latest
-from megatron.checkpoint.metadata import CheckpointMetadata, write_metadata, write_model_states
+from megatron.checkpoint.loading import LayerSource
+from megatron.checkpoint.metadata import CheckpointMetadata, read_metadata, write_metadata, write_model_states
+from megatron.checkpoint.peft_format import PeftAdapter
+from megatron.models.common import lora
 from megatron.utils.atomic_files import atomic_folder
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -46,44 +51,60 @@ class _LayerProgress:
 
 
 def convert_hf_to_megatron(hf_dir: str | Path, output_dir: str | Path, spec, tp_size: int, pp_size: int,
-                           divisible_by: int = 128, pad_to: int | None = None) -> Path:
+                           divisible_by: int = 128, pad_to: int | None = None,
+                           lora_dir: str | Path | None = None) -> Path:
+    """The HF model in `hf_dir`, or with `lora_dir` the PEFT LoRA adapter there for that model
+    (one of our LoRA checkpoints, no base recorded), as our checkpoint at TP x PP."""
     checkpoint = HFCheckpoint(hf_dir, spec)
-    adapter = spec.adapter
     config = checkpoint.model_config(tp_size, divisible_by, pad_to)
     if pp_size < 1 or pp_size > config.num_layers:
         raise CheckpointError(f"--target-pp {pp_size}: needs 1 <= PP <= {config.num_layers} layers")
+    if lora_dir is not None:
+        adapters = PeftAdapter(lora_dir, spec, config)
+        meta = CheckpointMetadata(config, checkpoint.config.to_dict(), tp_size, pp_size, spec.name, adapters.lora)
+        return _write_checkpoint(output_dir, meta, spec.adapter, adapters.layer, "PEFT -> ours")
     unknown = checkpoint.unknown_names(config)
     if unknown:
         raise CheckpointError(f"{hf_dir}: tensors that a {config.num_layers}-layer model does not have: {unknown[:5]}")
+    meta = CheckpointMetadata(config, checkpoint.config.to_dict(), tp_size, pp_size, spec.name)
+    return _write_checkpoint(output_dir, meta, spec.adapter, lambda layer: checkpoint.layer(layer, config),
+                             "HF -> ours")
+
+
+def _write_checkpoint(output_dir: str | Path, meta: CheckpointMetadata, adapter, layers: LayerSource,
+                      description: str) -> Path:
+    """Every parameter layer `layers(index)` gives, split for each tensor rank (LoRA tensors by
+    LoRA's rule), with the model-states files, `latest` and the metadata."""
+    config, tp_size = meta.model, meta.tensor_model_parallel_size
     output = Path(output_dir)
     tag = tag_for(0)
     with atomic_folder(output) as tmp:
         folder = tmp / tag
         folder.mkdir()
-        progress = _LayerProgress(adapter.parameter_layers(config.num_layers, config.tie_word_embeddings), "HF -> ours")
+        progress = _LayerProgress(adapter.parameter_layers(config.num_layers, config.tie_word_embeddings), description)
         for layer in progress:
             shards = [{} for _ in range(tp_size)]
-            tensors = checkpoint.layer(layer, config)
+            tensors = layers(layer)
             for local, tensor in tensors.items():
-                for rank, part in enumerate(adapter.split_for_tp(local, tensor, tp_size)):
+                for rank, part in enumerate(lora.split_for_tp(adapter, local, tensor, tp_size)):
                     shards[rank][local] = part
             progress.add(tensors.values())
             for rank, shard in enumerate(shards):
                 save_layer(folder, layer, rank, shard)
                 if layer == adapter.EMBEDDING_LAYER and config.tie_word_embeddings:  # the tied LM head: saved as its own layer too
                     save_layer(folder, adapter.lm_head_layer(config.num_layers), rank, shard)
-        meta = CheckpointMetadata(config, checkpoint.config.to_dict(), tp_size, pp_size, spec.name)
         write_model_states(folder, meta)
         write_metadata(tmp, meta)
         write_latest(tmp, tag)
     return output
 
 
-def _hf_tensors(checkpoint: CheckpointReader, hf_vocab: int) -> Iterator[tuple[str, torch.Tensor]]:
+def _hf_tensors(checkpoint: CheckpointReader, layers: LayerSource,
+                hf_vocab: int) -> Iterator[tuple[str, torch.Tensor]]:
     adapter, config = checkpoint.adapter, checkpoint.config
     progress = _LayerProgress(adapter.parameter_layers(config.num_layers, config.tie_word_embeddings), "ours -> HF")
     for layer in progress:
-        tensors = checkpoint.layer(layer)
+        tensors = layers(layer)
         progress.add(tensors.values())
         for local in adapter.VOCAB_TENSORS:  # the vocabulary padding dropped
             if local in tensors:
@@ -91,14 +112,50 @@ def _hf_tensors(checkpoint: CheckpointReader, hf_vocab: int) -> Iterator[tuple[s
         yield from adapter.to_hf_layer(layer, tensors, config).items()
 
 
+def base_of_adapters(folder: str | Path, spec) -> CheckpointReader:
+    """The base checkpoint a LoRA checkpoint records (`lora_base`), checked to be there and of
+    the adapters' model."""
+    meta = read_metadata(folder)
+    base = meta.lora_base
+    if base is None:
+        raise CheckpointError(f"{folder}: its adapters record no base checkpoint (imported adapters): train or "
+                              "load them on a base with finetune_xp3.py --load BASE --lora-load, or merge with PEFT")
+    if not (Path(base["folder"]) / base["tag"]).is_dir():
+        raise CheckpointError(f"{folder}: its base checkpoint {base['folder']} (tag {base['tag']}) is gone")
+    reader = CheckpointReader(base["folder"], spec, base["tag"])
+    if spec.pipeline_parameter_shapes(reader.config) != spec.pipeline_parameter_shapes(meta.model):
+        raise CheckpointError(f"{folder}: its base {base['folder']} is not the model its adapters were trained on")
+    return reader
+
+
+def merged_layer(base_checkpoint: CheckpointReader, adapter_checkpoint: CheckpointReader, scaling: float,
+                 layer: int) -> dict[str, torch.Tensor]:
+    """A layer's base tensors with each adapter's `B @ A * scaling` added, in the base weight's dtype."""
+    base, adapters = base_checkpoint.layer(layer), adapter_checkpoint.layer(layer)
+    merged = dict(base)
+    for name, lora_a in adapters.items():
+        weight, which = lora.base_weight(name)
+        if which == "A":
+            lora_b = adapters[name.removesuffix(f"{lora.LORA_A}.weight") + f"{lora.LORA_B}.weight"]
+            merged[weight] = (base[weight].float() + lora.delta_weight(lora_a, lora_b, scaling)).to(base[weight].dtype)
+    return merged
+
+
 def convert_megatron_to_hf(input_dir: str | Path, output_dir: str | Path, spec, tokenizer_dir: str | Path | None = None,
-                           max_shard_bytes: int = 2 * 2**30) -> Path:
+                           max_shard_bytes: int = 2 * 2**30, merge_lora: bool = False) -> Path:
+    """Our model checkpoint as a HF model folder; with `merge_lora`, a LoRA checkpoint's adapters
+    merged into the base checkpoint it records."""
     checkpoint = CheckpointReader(input_dir, spec)
+    layers: LayerSource = checkpoint.layer
+    if merge_lora:
+        adapters, scaling = checkpoint, read_metadata(input_dir).lora.scaling
+        checkpoint = base_of_adapters(input_dir, spec)
+        layers = functools.partial(merged_layer, checkpoint, adapters, scaling)
     hf_vocab = checkpoint.hf_config["vocab_size"]
     output = Path(output_dir)
     with atomic_folder(output) as tmp:
         shards, shard, shard_bytes, dtype = [], {}, 0, None
-        for name, tensor in _hf_tensors(checkpoint, hf_vocab):
+        for name, tensor in _hf_tensors(checkpoint, layers, hf_vocab):
             if shard and shard_bytes + tensor.nbytes > max_shard_bytes:
                 shards.append(_save_shard(tmp, len(shards), shard))
                 shard, shard_bytes = {}, 0
