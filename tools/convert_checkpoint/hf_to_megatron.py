@@ -8,7 +8,17 @@ other bad inputs exit 1):
     python tools/convert_checkpoint/hf_to_megatron.py --hf-dir bloom-560m \\
         --output-dir checkpoints/bloom-560m-tp2-pp2 --target-tp 2 --target-pp 2
 
-Streams one layer at a time; the output folder appears only when complete."""
+Streams one layer at a time; the output folder appears only when complete.
+
+With --lora-dir, a HF PEFT LoRA adapter for the model in --hf-dir (its base: the config it is
+read against) becomes one of our LoRA checkpoints at the target layout, for
+`finetune_xp3.py --load BASE_CONVERTED --lora-load OUTPUT`; PEFT settings whose maths is not
+implemented here (DoRA, biases, rank/alpha patterns, some layers only, modules that are not our
+targets, different A's or only some of q/k/v or gate/up of one fused layer) are refused by name
+(exit status 2):
+
+    python tools/convert_checkpoint/hf_to_megatron.py --hf-dir llama-base --lora-dir my-peft-adapter \
+        --output-dir checkpoints/adapter-tp2 --target-tp 2"""
 
 from __future__ import annotations
 
@@ -31,18 +41,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="pad the vocabulary to a multiple of this x TP (Megatron's rule)")
     parser.add_argument("--pad-vocab-size-to", type=int, default=None,
                         help="pad the vocabulary to exactly this size instead")
+    parser.add_argument("--lora-dir", default=None,
+                        help="convert this HF PEFT LoRA adapter (for the model in --hf-dir) instead of the model")
     args = parser.parse_args(argv)
     try:
         spec = spec_of_hf_folder(args.hf_dir)
         out = convert_hf_to_megatron(args.hf_dir, args.output_dir, spec, args.target_tp, args.target_pp,
-                                     args.make_vocab_size_divisible_by, args.pad_vocab_size_to)
+                                     args.make_vocab_size_divisible_by, args.pad_vocab_size_to, args.lora_dir)
     except UnsupportedConfig as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (CheckpointError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {out}: {spec.name} family, TP={args.target_tp}, PP={args.target_pp}")
+    what = "LoRA adapters" if args.lora_dir else "family"
+    print(f"wrote {out}: {spec.name} {what}, TP={args.target_tp}, PP={args.target_pp}")
     return 0
 
 
