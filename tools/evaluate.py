@@ -11,7 +11,8 @@ One of our checkpoints, at the TP x PP the flags give, data-parallel over the ex
         --per-example-output scores.jsonl --plot accuracy.png
 
 or a HF model folder (BLOOM or the Llama family) with transformers (the reference; one process):
-`--hf-dir bloomz-560m`.
+`--hf-dir bloomz-560m`. A LoRA checkpoint is scored on the base checkpoint it records, its
+adapters attached.
 The choices of all examples are packed as (inputs, choice) pairs into rows of --seq-length, so one
 forward pass scores many of them.
 """
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron.checkpoint.conversion import base_of_adapters
 from megatron.checkpoint.layer_files import CheckpointReader
 from megatron.checkpoint.layout import CheckpointError
 from megatron.checkpoint.metadata import read_metadata
@@ -42,7 +44,7 @@ from megatron.models.common.parallel_config import model_parallel_config
 from megatron.models.spec import with_options
 from megatron.train.arguments import attention_backend
 from megatron.train.distributed import start_processes
-from megatron.train.engine import load_weights
+from megatron.train.engine import add_adapters, load_weights
 from megatron.train.errors import ConfigError
 from megatron.train.task_eval import ZeroShotTasks, score_pairs
 from megatron.train.validation import check_layout, data_parallel_size
@@ -124,13 +126,15 @@ def checkpoint_pair_scores(args, tasks: ZeroShotTasks, vocab_size: int) -> np.nd
         meta = read_metadata(args.checkpoint_dir)
         spec = get_model_spec(meta.family)
         reader = CheckpointReader(args.checkpoint_dir, spec)
+        if meta.lora is not None:  # adapters only: on the base they record
+            adapters, reader = reader, base_of_adapters(args.checkpoint_dir, spec)
     except CheckpointError as error:
         raise ConfigError(f"--checkpoint-dir {error}") from None
     gpu = torch.cuda.is_available()
     options = dict(hidden_dropout=0.0, attention_dropout=0.0, lm_head_loss="reference",
                    attention_backend=attention_backend(args.attention_backend, 0.0, gpu), bias_gelu_fusion=gpu,
                    bias_dropout_fusion=gpu)
-    config = with_options(meta.model, **options)
+    config = with_options(reader.config, **options)
     if vocab_size > config.vocab_size:
         raise ConfigError(f"--tokenizer-name-or-path has {vocab_size} tokens, more than the checkpoint's "
                           f"embedding ({config.vocab_size} rows)")
@@ -143,6 +147,9 @@ def checkpoint_pair_scores(args, tasks: ZeroShotTasks, vocab_size: int) -> np.nd
     module = spec.build_pipeline(config, model_parallel_config(torch.float32, device="cpu"), dp,
                                  args.pp_partition_method, False, False)
     load_weights(module, spec, reader.layer, is_pipeline=True)
+    if meta.lora is not None:
+        add_adapters(module, meta.lora, seed=0, is_pipeline=True)
+        load_weights(module, spec, adapters.layer, is_pipeline=True, adapters_only=True)
     engine, *_ = deepspeed.initialize(model=module, config={
         "train_micro_batch_size_per_gpu": args.micro_batch_size, "train_batch_size": args.micro_batch_size * dp,
         "zero_optimization": {"stage": 0}, "bf16": {"enabled": args.bf16}, "fp16": {"enabled": args.fp16},
