@@ -3,8 +3,9 @@
 # Triton there, Python 3.12, no package registry). It installs the carried wheels (`make
 # gpu-wheelhouse`, folder .gpu_wheelhouse) beside the machine's own torch, compiles this project's
 # C++ extension there, then runs bench/gpu_check.py: the GPU tests, a 560m-shaped finetune in bf16
-# and fp16, the step and LM-head benchmarks, each step under its own time limit, the report in
-# $OUT/gpu_report.json and $OUT/gpu_report.md.
+# and fp16, the step benchmarks (LoRA r16 against the full finetune among their versions) and the
+# LM-head one, each step under its own time limit, the report in $OUT/gpu_report.json and
+# $OUT/gpu_report.md.
 #
 #   bash bench/gpu_check.sh [--budget SECONDS]      # on the GPU machine (device run: carry .gpu_wheelhouse,
 #                                                   #  timeout_s = budget + 60; default budget 450)
@@ -14,7 +15,7 @@
 # is itself a venv (/opt/torch/.venv), and a venv made from it with --system-site-packages would
 # see the base interpreter's packages, not that torch.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 started=$(date +%s)
 
 rehearse=0

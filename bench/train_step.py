@@ -8,7 +8,11 @@ pairs:
       `--attention-backend flex` (on GPUs; FlexAttention has no CPU backward);
   (b) ours on the reference path (SDPA over a materialised mask, full logits);
   (c) transformers' model (`BloomForCausalLM`, `LlamaForCausalLM`; eager attention) on the same
-      pairs one per row, padded to the longest: what a user of the plain HF trainer gets.
+      pairs one per row, padded to the longest: what a user of the plain HF trainer gets;
+  (d) (a) with LoRA (`--lora-rank`, default 16, alpha 2r, every linear layer of the blocks; 0
+      leaves it out): the model frozen, AdamW on the adapters alone, as `finetune_xp3.py
+      --lora-rank` trains; its step time and peak memory against (a)'s, the full finetune of
+      the same shape, as ratios from the same run.
 
 Reported per version: tokens/s (real tokens, no padding), target tokens/s, model TFLOPs per
 device and MFU (formula printed; peaks of known GPUs), peak memory (the GPU's allocator, or the
@@ -20,6 +24,7 @@ padding are not work).
 
     python bench/train_step.py --model 560m --model 1b7           # on a GPU, bf16
     python bench/train_step.py --model llama-3.2-1b               # Llama-3.2-1B's shape, on a GPU
+    python bench/train_step.py --model 560m --lora-rank 0            # without the LoRA version
     python bench/train_step.py --model tiny --steps 2 --dtype fp32 \
         --attention-seq-lengths 64 --attention-heads 2              # a CPU smoke run (TRITON_INTERPRET=1)
 """
@@ -37,6 +42,7 @@ from transformers import AutoModelForCausalLM
 from megatron.models import get_model_spec
 from megatron.models.common.loss import loss_weights
 from megatron.models.common.alibi import alibi_slopes
+from megatron.models.common import lora
 from megatron.models.common.attention import flex_attention, reference_attention, triton_attention
 from megatron.models.common.parallel_config import model_parallel_config
 from megatron.models.spec import with_options
@@ -71,9 +77,17 @@ def padded_pairs(pairs: list[tuple[int, int]], vocab: int, seed: int) -> dict[st
     return {"input_ids": ids, "attention_mask": attention, "labels": labels}
 
 
-def ours_step(spec, config, dtype: torch.dtype, device: str, batch: dict[str, torch.Tensor]):
-    model = spec.build_model(config, model_parallel_config(dtype), init_seed=0).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
+def ours_step(spec, config, dtype: torch.dtype, device: str, batch: dict[str, torch.Tensor], lora_rank: int = 0):
+    """With `lora_rank`, adapters on every linear layer of the blocks and the rest frozen."""
+    model = spec.build_model(config, model_parallel_config(dtype), init_seed=0)
+    if lora_rank:
+        settings = lora.LoraConfig(rank=lora_rank, alpha=2 * lora_rank, targets=spec.lora_targets)
+        for layer, block in enumerate(model.layers):
+            lora.attach(block, settings, layer, seed=0, tp_rank=0, tp_size=1)
+        lora.freeze_all_but_adapters(model)
+    model.to(device)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=1e-5, fused=device == "cuda")
     batch = {k: v.to(device) for k, v in batch.items()}
 
     def step():
@@ -97,7 +111,7 @@ def hf_step(config, dtype: torch.dtype, device: str, batch: dict[str, torch.Tens
     return step
 
 
-def bench_model(name: str, dtype_name: str, steps: int, seq: int, device: str) -> None:
+def bench_model(name: str, dtype_name: str, steps: int, seq: int, device: str, lora_rank: int) -> None:
     family, fields, vocab, rows = SHAPES[name]
     spec = get_model_spec(family)
     dtype = DTYPES[dtype_name]
@@ -113,6 +127,9 @@ def bench_model(name: str, dtype_name: str, steps: int, seq: int, device: str) -
         VERSIONS[1]: lambda: ours_step(spec, base, dtype, device, batch),
         VERSIONS[2]: lambda: hf_step(base, dtype, device, padded_pairs(pairs, vocab, seed=0)),
     }
+    lora_version = f"(d) ours, fused, LoRA r{lora_rank}"
+    if lora_rank:
+        versions[lora_version] = lambda: ours_step(spec, fused_config, dtype, device, batch, lora_rank)
     kv = base.num_kv_heads
     print(f"\n{name} ({family}): {base.num_layers} layers, hidden {base.hidden_size}, {base.num_heads} heads"
           + (f" over {kv} KV heads" if kv != base.num_heads else "") + f", vocabulary {vocab}; {dtype_name}; "
@@ -129,13 +146,17 @@ def bench_model(name: str, dtype_name: str, steps: int, seq: int, device: str) -
             if device == "cuda":
                 torch.cuda.empty_cache()
         tflops = flops / seconds / 1e12
-        results[version] = real_tokens / seconds, target_tokens / seconds
+        results[version] = real_tokens / seconds, target_tokens / seconds, seconds, memory
         print(f"{version:<26} {real_tokens / seconds:>10,.0f} tok/s {target_tokens / seconds:>9,.0f} target tok/s "
               f"{tflops:>7.1f} TFLOPs" + (f" MFU {tflops / peak:6.1%}" if peak else "") + f"  peak {memory:6.1f} GiB")
     fused, reference, hf = VERSIONS
     for version, against in ((fused, hf), (reference, hf), (fused, reference)):
         if version in results and against in results:
             print(f"{version} / {against}: target tokens/s x{results[version][1] / results[against][1]:.2f}")
+    if lora_version in results and fused in results:
+        (*_, seconds, memory), (*_, full_seconds, full_memory) = results[lora_version], results[fused]
+        print(f"LoRA r{lora_rank} / full ((d) / (a)): step time x{seconds / full_seconds:.2f}, "
+              f"peak memory x{memory / full_memory:.2f}")
     bench_lm_head(base.hidden_size, vocab, batch, dtype, device, steps, warmup=2)
 
 
@@ -174,10 +195,12 @@ def main() -> None:
     parser.add_argument("--attention-seq-lengths", type=int, nargs="*", default=None,
                         help="default: 512 1024 2048 4096 8192 on a GPU, none on a CPU")
     parser.add_argument("--attention-heads", type=int, default=16)
+    parser.add_argument("--lora-rank", type=int, default=16,
+                        help="the LoRA version's rank (alpha 2r, every linear layer of the blocks); 0: no LoRA version")
     args = parser.parse_args()
     device = start_one_process(default_port=29511)
     for name in args.model or ["560m", "1b7"]:
-        bench_model(name, args.dtype, args.steps, args.seq_length, device)
+        bench_model(name, args.dtype, args.steps, args.seq_length, device, args.lora_rank)
     seq_lengths = args.attention_seq_lengths
     if seq_lengths is None:
         seq_lengths = [512, 1024, 2048, 4096, 8192] if device == "cuda" else []

@@ -1,7 +1,7 @@
 """The prepared GPU check, proved on CPU before any GPU runs it: `bench/gpu_check.sh --rehearse`
 runs every step end to end with tiny shapes (the GPU-marked tests, skipped here; a finetune; the
-step benchmark with each version and section, the LM head alone among them, for BLOOM and for the
-Llama family) and writes its report; `make gpu-wheelhouse`'s builder collects the wheels the GPU machine lacks (from the
+step benchmark with each version and section, LoRA against the full finetune and the LM head alone
+among them, for BLOOM and for the Llama family) and writes its report; `make gpu-wheelhouse`'s builder collects the wheels the GPU machine lacks (from the
 package registry), under the size the `device` tool carries, with their manifest."""
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def test_the_gpu_check_rehearses_every_step_and_writes_its_report(tmp_path):
     assert run["skipped iterations"] == 0 and run["loss scale"] is None
     train_step = (out / "train_step.txt").read_text()
     for line in ("(a) ours, fused ", "(b) ours, reference path ", "(c) transformers, padded ",
+                 "(d) ours, fused, LoRA r16 ", "LoRA r16 / full ((d) / (a)): step time x",
                  "reference ms", "triton ms", "triton speed-up",
                  "(a) ours, fused / (c) transformers, padded: target tokens/s x",
                  "LM head + loss alone", "  chunked ", "  reference ", "chunked / reference: time "):
@@ -46,6 +47,7 @@ def test_the_gpu_check_rehearses_every_step_and_writes_its_report(tmp_path):
     llama = (out / "train_step_llama.txt").read_text()
     assert "llama-tiny (llama): 2 layers, hidden 64, 4 heads over 2 KV heads" in llama
     assert "(a) ours, fused / (c) transformers, padded: target tokens/s x" in llama and "attention alone" not in llama
+    assert "LoRA r16 / full ((d) / (a)): step time x" in llama
     assert len(list(out.iterdir())) <= 8  # what the device tool brings back
     table = (out / "gpu_report.md").read_text()
     assert "| finetune_bf16 | 7." in table and "| train_step | ok |" in table
