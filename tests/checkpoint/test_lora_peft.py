@@ -6,7 +6,8 @@ PEFT's logits; its export (`megatron_to_hf.py --lora-format peft`) loads in `Pef
 missing or unexpected keys, bit for bit the original's tensors; `--merge-lora` gives PEFT's
 `merge_and_unload()` weights; `tools/evaluate.py` scores a LoRA checkpoint as the merged model;
 the PEFT settings we do not implement, and a LoRA checkpoint exported as a model, are refused by
-name (exit 2). Each family's adapter is made, imported and exported once per module."""
+name (exit 2); finetune_xp3.py loads imported adapters with --lora-load. Each family's adapter is
+made, imported and exported once per module."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from helpers.distributed import free_port, gloo_world
-from helpers.finetune_runs import finetune
+from helpers.finetune_runs import final_weights, finetune, preprocess_demo, tiny_model_args
 from helpers.parity import build_from_hf
 from helpers.paths import REPO, run_tool_in_process
 from helpers.tiny import VOCAB, make_hf_model
@@ -194,7 +195,6 @@ def test_merge_lora_export_is_peft_merge_and_unload(setup, kind):
     assert moved == 2 * len(TARGETS[kind])  # every adapted weight of the 2 blocks
 
 
-@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_evaluate_scores_a_lora_checkpoint_as_its_merged_model(setup, demo_dir, tmp_path):
     f = setup["bloom"]
@@ -211,6 +211,22 @@ def test_evaluate_scores_a_lora_checkpoint_as_its_merged_model(setup, demo_dir, 
     ours, merged = ([json.loads(line)["scores"] for line in (tmp_path / name).read_text().splitlines()]
                     for name in ("ours.jsonl", "merged.jsonl"))
     assert len(ours) == 3 and ours == [pytest.approx(m, abs=1e-5, rel=0) for m in merged]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_finetune_loads_imported_adapters_on_the_converted_base(setup, demo_dir, tmp_path):
+    """`finetune_xp3.py --load BASE --lora-load IMPORTED` at lr 0: the adapters it saves are the
+    imported ones, and its checkpoint records the base."""
+    f = setup["bloom"]
+    data = preprocess_demo(demo_dir, tmp_path)
+    finetune(1, [*tiny_model_args(demo_dir, data), "--micro-batch-size", "2", "--global-batch-size", "2",
+                 "--lr", "0", "--min-lr", "0", "--train-iters", "1", "--eval-iters", "0", "--attention-backend",
+                 "reference", "--load", f["base"], "--lora-load", f["tp1"], "--save", tmp_path / "save"])
+    saved, imported = final_weights(tmp_path / "save"), final_weights(f["tp1"])
+    assert saved.keys() == imported.keys() and len(saved) == 2 * 2 * 4
+    assert all(torch.equal(saved[name], imported[name]) for name in saved)
+    assert read_metadata(tmp_path / "save").lora_base["folder"] == str(f["base"])
 
 
 def _edited_adapter(source: Path, folder: Path, settings: dict | None = None, drop: str | None = None,
