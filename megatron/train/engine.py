@@ -46,14 +46,13 @@ class ModelWithLoss(nn.Module):
 
 def adamw(module: nn.Module, args: OptimizerConfig) -> torch.optim.Optimizer:
     """Megatron's Adam: decoupled weight decay on matrices, none on biases and LayerNorms; the
-    trainable parameters only (LoRA's adapters), an empty group where a pipeline stage has none
-    (DeepSpeed's engine needs an optimizer on every stage; torch refuses an empty list)."""
+    trainable parameters only (with LoRA, the adapters)."""
     params = [p for p in module.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    groups = [group for group in groups if group["params"]] or groups[:1]
+    groups = [group for group in groups if group["params"]]
     return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps,
                              fused=torch.cuda.is_available())
 
@@ -84,12 +83,17 @@ def load_weights(module: nn.Module, spec: ModelSpec, layers: LayerSource, is_pip
         load_layers_into_model(module.model, layers, spec.adapter, tp_rank, tp_size, adapters_only)
 
 
+ADAPTERLESS_STAGE = "adapterless_stage"
+
+
 def _outputs_require_grad(module: nn.Module, args, outputs):
-    """On a pipeline stage without adapters (an embedding-only first stage), its activations
-    are leaves that DeepSpeed's backward still runs through: make them differentiable leaves."""
+    """On a first pipeline stage without adapters (the embedding alone), its activations are
+    leaves that DeepSpeed's backward still runs through: make them differentiable leaves (later
+    stages receive theirs differentiable)."""
     if torch.is_grad_enabled():
         for tensor in outputs if isinstance(outputs, tuple) else (outputs,):
-            if torch.is_tensor(tensor) and tensor.is_floating_point() and not tensor.requires_grad:
+            if torch.is_tensor(tensor) and tensor.is_floating_point() and not tensor.requires_grad \
+                    and not isinstance(tensor, nn.Parameter):
                 tensor.requires_grad_(True)
     return outputs
 
@@ -106,7 +110,11 @@ def add_adapters(module: nn.Module, config: lora.LoraConfig, seed: int, is_pipel
     attached = sum(len(lora.attach(layer_module, config, layer, seed, tp_rank, tp_size)) for layer, layer_module in layers)
     lora.freeze_all_but_adapters(module)
     if is_pipeline and not attached:
-        module.register_forward_hook(_outputs_require_grad)
+        if parallel_state.get_pipeline_model_parallel_rank() == 0:
+            module.register_forward_hook(_outputs_require_grad)
+        # DeepSpeed's ZeRO optimizer needs a parameter on every stage (deepspeedai/DeepSpeed#5071):
+        # one that no layer uses, so its gradient and its Adam update are zero
+        module.register_parameter(ADAPTERLESS_STAGE, nn.Parameter(torch.zeros(1)))
 
 
 class TrainingEngine:
