@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     data = prepare_data(check, size)
     for precision in ("bf16", "fp16"):
         finetune(check, size, data, precision)
-    bench(check, "train_step", "train_step.py", size["train_step"], 120)
-    bench(check, "train_step_llama", "train_step.py", size["train_step_llama"], 100)
+    bench(check, "train_step", "train_step.py", size["train_step"], 135)
+    bench(check, "train_step_llama", "train_step.py", size["train_step_llama"], 115)
     print((args.out / "gpu_report.md").read_text())
     steps = check.report["steps"].values()
     return 0 if all(s["status"] == "ok" or s["status"].startswith("skipped") for s in steps) else 1
