@@ -76,7 +76,7 @@ def train_from(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, lora: LoraPl
     pipeline = train.parallel.uses_pipeline
     if lora is not None:  # the frozen base, then the adapters: fresh, or the weights of saved ones
         load_weights(module, spec, CheckpointReader(lora.base["folder"], spec, lora.base["tag"]).layer, pipeline)
-        add_adapters(module, lora.config, train.seed, pipeline)
+        add_adapters(module, spec, config, lora.config, train.seed, pipeline)
         if lora.adapters is not None:
             load_weights(module, spec, CheckpointReader(lora.adapters[0], spec, lora.adapters[1]).layer, pipeline, adapters_only=True)
     elif plan.kind == "weights":

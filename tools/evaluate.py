@@ -148,7 +148,7 @@ def checkpoint_pair_scores(args, tasks: ZeroShotTasks, vocab_size: int) -> np.nd
                                  args.pp_partition_method, False, False)
     load_weights(module, spec, reader.layer, is_pipeline=True)
     if meta.lora is not None:
-        add_adapters(module, meta.lora, seed=0, is_pipeline=True)
+        add_adapters(module, spec, config, meta.lora, seed=0, is_pipeline=True)
         load_weights(module, spec, adapters.layer, is_pipeline=True, adapters_only=True)
     engine, *_ = deepspeed.initialize(model=module, config={
         "train_micro_batch_size_per_gpu": args.micro_batch_size, "train_batch_size": args.micro_batch_size * dp,

@@ -61,7 +61,9 @@ def read_metadata(folder: str | Path) -> CheckpointMetadata:
     if "lora" in meta:
         settings = dict(meta["lora"])
         base = settings.pop("base", None)
-        lora = LoraConfig(**{**settings, "targets": tuple(settings["targets"])})
+        parts = settings.get("parts")
+        lora = LoraConfig(**{**settings, "targets": tuple(settings["targets"]),
+                             "parts": None if parts is None else tuple(parts)})
     return CheckpointMetadata(config, meta["hf_config"], meta["tensor_model_parallel_size"],
                               meta["pipeline_model_parallel_size"], family, lora, base)
 

@@ -7,6 +7,7 @@ names (`LORA_HF_MODULES`, `lora_to_hf_layer`, `lora_from_hf_layer`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -48,24 +49,32 @@ def lora_config_from_peft(settings: dict, adapter, where: str) -> LoraConfig:
     if not isinstance(modules, list):
         raise UnsupportedConfig(f"{where}: target_modules {modules!r}: only a list of module names is implemented")
     targets = tuple(t for t, theirs in adapter.LORA_HF_MODULES.items() if set(theirs) & set(modules))
-    partial = [t for t in targets if not set(adapter.LORA_HF_MODULES[t]) <= set(modules)]
     known = {name for theirs in adapter.LORA_HF_MODULES.values() for name in theirs}
     unknown = sorted(set(modules) - known)
-    if unknown or partial or not targets:
+    if unknown or not targets:
         raise UnsupportedConfig(
             f"{where}: target_modules {sorted(modules)}: LoRA is implemented on "
             + "; ".join(f"{' + '.join(theirs)} (our {t})" for t, theirs in adapter.LORA_HF_MODULES.items())
-            + (f"; not on {unknown}" if unknown else "")
-            + "".join(f"; our {t} needs all of {', '.join(adapter.LORA_HF_MODULES[t])}" for t in partial))
+            + (f"; not on {unknown}" if unknown else ""))
+    partial = any(not set(adapter.LORA_HF_MODULES[t]) <= set(modules) for t in targets)
     return LoraConfig(rank=int(settings["r"]), alpha=float(settings["lora_alpha"]), targets=targets,
-                      dropout=float(settings.get("lora_dropout") or 0.0), rslora=bool(settings.get("use_rslora")))
+                      dropout=float(settings.get("lora_dropout") or 0.0), rslora=bool(settings.get("use_rslora")),
+                      parts=_fused_parts(adapter, targets, modules) if partial else None)
+
+
+def _fused_parts(adapter, targets: tuple[str, ...], modules) -> tuple[str, ...]:
+    """The HF part modules of our fused targets that `modules` adapt (each its own A)."""
+    return tuple(sorted(m for t in targets if len(adapter.LORA_HF_MODULES[t]) > 1
+                        for m in adapter.LORA_HF_MODULES[t] if m in modules))
 
 
 def peft_settings(config: LoraConfig, adapter, base_model_name_or_path: str | None) -> dict:
     """`adapter_config.json` for our settings, the fields PEFT 0.21 writes that concern LoRA."""
     return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
             "inference_mode": True, "r": config.rank, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
-            "target_modules": sorted(m for t in config.targets for m in adapter.LORA_HF_MODULES[t]),
+            "target_modules": sorted(m for t in config.targets for m in adapter.LORA_HF_MODULES[t]
+                                     if config.parts is None or len(adapter.LORA_HF_MODULES[t]) == 1
+                                     or m in config.parts),
             "use_rslora": config.rslora, "bias": "none", "fan_in_fan_out": False, "use_dora": False,
             "init_lora_weights": True, "modules_to_save": None, "layers_to_transform": None,
             "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {}}
@@ -80,7 +89,9 @@ class PeftAdapter:
         path = self.folder / ADAPTER_CONFIG
         if not path.is_file():
             raise CheckpointError(f"{self.folder}: no {ADAPTER_CONFIG} (not a PEFT adapter folder)")
-        self.lora = lora_config_from_peft(json.loads(path.read_text()), self.adapter, str(path))
+        settings = json.loads(path.read_text())
+        self.lora = lora_config_from_peft(settings, self.adapter, str(path))
+        modules = settings["target_modules"]
         if (self.folder / ADAPTER_WEIGHTS).is_file():
             tensors = load_file(str(self.folder / ADAPTER_WEIGHTS))
         elif (self.folder / ADAPTER_WEIGHTS_BIN).is_file():
@@ -97,12 +108,23 @@ class PeftAdapter:
             except KeyError as error:
                 raise CheckpointError(f"{self.folder}: {error.args[0]}") from None
             self._by_layer.setdefault(layer, {})[local] = tensor
+        if self.lora.parts is None and not self._one_a_per_fused_layer():  # q/k/v (gate/up) A's differ
+            self.lora = dataclasses.replace(self.lora, parts=_fused_parts(self.adapter, self.lora.targets, modules))
+
+    def _one_a_per_fused_layer(self) -> bool:
+        """Whether every fused layer's parts share their A, as our fused layers' one A."""
+        try:
+            for layer, tensors in self._by_layer.items():
+                self.adapter.lora_from_hf_layer(layer, tensors, self.config, self.lora)
+        except UnsupportedConfig:
+            return False
+        return True
 
     def layer(self, layer: int) -> dict[str, torch.Tensor]:
         """Pipeline layer `layer`'s adapters by our names, whole, checked against the base's shapes."""
         kind = self.adapter.layer_kind(layer, self.config.num_layers, self.config.tie_word_embeddings)
         try:
-            tensors = self.adapter.lora_from_hf_layer(layer, self._by_layer.get(layer, {}), self.config)
+            tensors = self.adapter.lora_from_hf_layer(layer, self._by_layer.get(layer, {}), self.config, self.lora)
         except KeyError as error:
             raise CheckpointError(f"{self.folder}: layer {layer}: {error.args[0]}") from None
         if kind != "block":
@@ -112,10 +134,12 @@ class PeftAdapter:
         shapes = self.adapter.layer_shapes(self.config, kind)
         expected = {}
         for base, (out, in_) in ((n, s) for n, s in shapes.items() if len(s) == 2):
-            if base.rsplit(".", 2)[-2] in self.lora.targets:
+            target = base.rsplit(".", 2)[-2]
+            if target in self.lora.targets:
                 module = base.removesuffix(".weight")
-                expected[f"{module}.{lora.LORA_A}.weight"] = (self.lora.rank, in_)
-                expected[f"{module}.{lora.LORA_B}.weight"] = (out, self.lora.rank)
+                width = self.lora.rank * lora.stacked_parts(self.lora, len(self.adapter.LORA_HF_MODULES[target]))
+                expected[f"{module}.{lora.LORA_A}.weight"] = (width, in_)
+                expected[f"{module}.{lora.LORA_B}.weight"] = (out, width)
         if set(tensors) != set(expected):
             raise CheckpointError(f"{self.folder}: layer {layer}: adapters {sorted(tensors)}, the targets "
                                   f"{list(self.lora.targets)} need {sorted(expected)}")
@@ -137,7 +161,7 @@ def export_peft_adapter(input_dir: str | Path, output_dir: str | Path, spec,
     tensors = {}
     for layer in adapter.parameter_layers(config.num_layers, config.tie_word_embeddings):
         tensors.update({PREFIX + name: tensor.contiguous()
-                        for name, tensor in adapter.lora_to_hf_layer(layer, checkpoint.layer(layer), config).items()})
+                        for name, tensor in adapter.lora_to_hf_layer(layer, checkpoint.layer(layer), config, meta.lora).items()})
     output = Path(output_dir)
     with atomic_folder(output) as tmp:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})

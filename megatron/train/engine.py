@@ -98,16 +98,26 @@ def _outputs_require_grad(module: nn.Module, args, outputs):
     return outputs
 
 
-def add_adapters(module: nn.Module, config: lora.LoraConfig, seed: int, is_pipeline: bool) -> None:
-    """LoRA on the targeted linear layers of every block of this rank's module from `build_module`,
-    the rest frozen (`models/common/lora.py`)."""
+def add_adapters(module: nn.Module, spec: ModelSpec, config, lora_config: lora.LoraConfig, seed: int,
+                 is_pipeline: bool) -> None:
+    """LoRA on the targeted linear layers of every block of this rank's module from `build_module`
+    (the family's model `config`), the rest frozen (`models/common/lora.py`)."""
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
+
+    def fused_rows(path: str):
+        found = spec.adapter.lora_fused_rows(path, config)
+        if found is None:
+            return None
+        names, rows = found  # each whole output row's part, split over TP as the adapter's B rows are
+        return names, lora.split_for_tp(spec.adapter, f"{path}.{lora.LORA_B}.weight", rows[:, None], tp_size)[tp_rank][:, 0]
+
     if is_pipeline:
         layers = list(stage_modules(module))
     else:
         layers = [(block_layer(i), block) for i, block in enumerate(module.model.layers)]
-    attached = sum(len(lora.attach(layer_module, config, layer, seed, tp_rank, tp_size)) for layer, layer_module in layers)
+    attached = sum(len(lora.attach(layer_module, lora_config, layer, seed, tp_rank, tp_size, fused_rows))
+                   for layer, layer_module in layers)
     lora.freeze_all_but_adapters(module)
     if is_pipeline and not attached:
         if parallel_state.get_pipeline_model_parallel_rank() == 0:

@@ -42,7 +42,7 @@ from megatron.data.data_config import DataGroup
 from megatron.data.indexed_dataset import IndexedDatasetError
 from megatron.data.mtf_datasets import pair_range
 from megatron.kernels.lm_head_loss import CHUNK_BYTES
-from megatron.models.common.lora import LoraConfig
+from megatron.models.common.lora import LoraConfig, stacked_parts
 from megatron.models.spec import ModelSpec
 from megatron.train.config import TrainConfig
 from megatron.train.errors import ConfigError
@@ -82,7 +82,8 @@ def adapter_parameters(spec: ModelSpec, config, lora: LoraConfig, tp: int) -> in
             continue
         out, into = shape
         split = spec.adapter.tp_split_dim(name)
-        count += lora.rank * (into // (tp if split == 1 else 1) + out // (tp if split == 0 else 1))
+        width = lora.rank * stacked_parts(lora, len(spec.adapter.LORA_HF_MODULES[module.rpartition(".")[2]]))
+        count += width * (into // (tp if split == 1 else 1) + out // (tp if split == 0 else 1))
     return count
 
 

@@ -7,12 +7,14 @@ anything is built (the LoRA side of `load_plan.py`):
   through DeepSpeed; `--lora-load DIR` (or `--load` of a LoRA checkpoint with `--finetune` /
   `--no-load-optim`) starts from their weights; otherwise they start fresh (A from `--seed`, B zero);
 - the settings: the `--lora-*` flags given, else those of the adapters it starts from, else the
-  defaults (alpha = r, no dropout, every linear layer of the family's blocks). Adapters continue
-  only with their own rank, targets, alpha and scaling rule, and only on a base of their shape.
+  defaults (alpha = r, no dropout, every linear layer of the family's blocks, one A per fused
+  layer). Adapters continue only with their own rank, targets, alpha, scaling rule and fused-part
+  layout (an imported PEFT adapter's own A per projection), and only on a base of their shape.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +56,7 @@ def _settings(flags: LoraFlags, source: LoraConfig | None, where: str, spec: Mod
                 raise ConfigError(f"{flag} {value} disagrees with the adapters in {where} "
                                   f"({field} = {getattr(source, field)!r}): drop it or start fresh adapters")
         dropout = source.dropout if flags.dropout is None else flags.dropout
-        return LoraConfig(rank=source.rank, alpha=source.alpha, targets=source.targets, dropout=dropout,
-                          rslora=source.rslora)
+        return dataclasses.replace(source, dropout=dropout)
     if flags.rank is None:
         raise ConfigError("--lora-rank is needed for new adapters")
     return LoraConfig(rank=flags.rank, alpha=flags.rank if flags.alpha is None else flags.alpha,

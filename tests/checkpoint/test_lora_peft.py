@@ -1,6 +1,7 @@
 """HF PEFT LoRA adapters <-> our LoRA checkpoints, with real PEFT and transformers: an adapter made
-here with `get_peft_model` (random non-zero B; on a tiny BLOOM, and on a tiny Llama with 4 query
-heads over 2 KV heads, rsLoRA, q/k/v and gate/up sharing their A as our fused layers do) is
+here with `get_peft_model` (random non-zero B; on a tiny BLOOM; on a tiny Llama with 4 query
+heads over 2 KV heads, rsLoRA, q/k/v and gate/up sharing their A as our fused layers do; and on
+it as PEFT adapts it usually: each projection its own A, q and v without k) is
 imported at TP1 and TP2 (`hf_to_megatron.py --lora-dir`), and our model with those adapters gives
 PEFT's logits; its export (`megatron_to_hf.py --lora-format peft`) loads in `PeftModel` with no
 missing or unexpected keys, bit for bit the original's tensors; `--merge-lora` gives PEFT's
@@ -35,21 +36,25 @@ from megatron.checkpoint.loading import load_layers_into_model
 from megatron.checkpoint.metadata import read_metadata, write_metadata
 from megatron.data.tokenizer import HFTokenizer
 from megatron.models import get_model_spec
+from megatron.models.common import lora as lora_module
 from megatron.train.engine import ModelWithLoss, add_adapters
 
 TO_MEGATRON = "convert_checkpoint/hf_to_megatron.py"
 TO_HF = "convert_checkpoint/megatron_to_hf.py"
-KINDS = ("bloom", "llama")
+KINDS = ("bloom", "llama", "llama_parts")
+FAMILY = {"bloom": "bloom", "llama": "llama", "llama_parts": "llama"}
 TARGETS = {"bloom": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
-           "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
-SHARED_A = (("k_proj", "q_proj"), ("v_proj", "q_proj"), ("up_proj", "gate_proj"))  # ours: one A per fused layer
+           "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+           "llama_parts": ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}  # no k_proj
+SHARED_A = (("k_proj", "q_proj"), ("v_proj", "q_proj"), ("up_proj", "gate_proj"))  # "llama": one A per fused layer
+PARTS = {"llama_parts": ("gate_proj", "q_proj", "up_proj", "v_proj")}  # each its own A in our fused layers
 RANK, ALPHA = 4, 8.0
 PEFT_WEIGHTS = "adapter_model.safetensors"
 
 
 def make_adapter(kind: str, hf_dir: Path, out: Path):
-    """A PEFT adapter on the model in `hf_dir` with random non-zero B (and, for Llama, q/k/v and
-    gate/up sharing one A), saved to `out`; the PeftModel."""
+    """A PEFT adapter on the model in `hf_dir` with random non-zero B (and, for "llama", q/k/v and
+    gate/up sharing one A; "llama_parts" keeps PEFT's own A for each), saved to `out`; the PeftModel."""
     base = AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation="eager").eval()
     model = get_peft_model(base, LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS[kind], lora_dropout=0.0,
                                             use_rslora=kind == "llama", task_type="CAUSAL_LM"))
@@ -72,14 +77,14 @@ def setup(tmp_path_factory, demo_dir) -> dict[str, dict]:
     TP1 and TP2, the TP2 one exported as PEFT, our base checkpoint, the TP2 adapters recording that
     base, and their --merge-lora export."""
     root = tmp_path_factory.mktemp("lora_peft")
-    vocab = {"bloom": HFTokenizer(demo_dir / "tokenizer").vocab_size, "llama": VOCAB}  # BLOOM's for evaluate.py
+    demo_vocab = HFTokenizer(demo_dir / "tokenizer").vocab_size  # for evaluate.py and finetune_xp3.py
     folders = {}
     for kind in KINDS:
         f = {name: root / kind / name for name in ("hf", "peft", "tp1", "tp2", "export", "base", "with_base", "merged")}
         if kind == "bloom":
-            make_hf_model(str(f["hf"]), num_heads=4, seed=1, vocab=vocab[kind])
+            make_hf_model(str(f["hf"]), num_heads=4, seed=1, vocab=demo_vocab)
         else:
-            make_hf_llama(str(f["hf"]), "llama", seed=1)
+            make_hf_llama(str(f["hf"]), "llama", seed=1, vocab_size=demo_vocab)
         f["model"] = make_adapter(kind, f["hf"], f["peft"])
         for tp in (1, 2):
             run_tool_in_process(TO_MEGATRON, "--hf-dir", f["hf"], "--lora-dir", f["peft"], "--output-dir", f[f"tp{tp}"],
@@ -108,9 +113,10 @@ def our_logits(kind: str, hf_dir: str, lora_dir: str, tp: int) -> torch.Tensor:
     """Our model's logits (the padded vocabulary) at TP `tp` (megatron-core's groups in this
     process's world) on the HF base, adapters attached as training attaches them and loaded from
     our LoRA checkpoint."""
-    spec = get_model_spec(kind)
+    spec = get_model_spec(FAMILY[kind])
     model = build_from_hf(spec, hf_dir, tp)
-    add_adapters(ModelWithLoss(model, True), read_metadata(lora_dir).lora, seed=0, is_pipeline=False)
+    add_adapters(ModelWithLoss(model, True), spec, model.config, read_metadata(lora_dir).lora, seed=0,
+                 is_pipeline=False)
     load_layers_into_model(model, CheckpointReader(lora_dir, spec).layer, spec.adapter,
                            parallel_state.get_tensor_model_parallel_rank(), tp, adapters_only=True)
     ids = tokens()
@@ -153,7 +159,7 @@ def test_imported_adapters_at_tp2_give_peft_logits(setup, tmp_path):
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_import_records_peft_settings_and_no_base(setup, kind):
     meta = read_metadata(setup[kind]["tp2"])
-    assert meta.family == kind and meta.lora_base is None
+    assert meta.family == FAMILY[kind] and meta.lora_base is None and meta.lora.parts == PARTS.get(kind)
     assert (meta.lora.rank, meta.lora.alpha, meta.lora.rslora) == (RANK, ALPHA, kind == "llama")
     assert meta.lora.targets == ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
 
@@ -215,18 +221,43 @@ def test_evaluate_scores_a_lora_checkpoint_as_its_merged_model(setup, demo_dir, 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_finetune_loads_imported_adapters_on_the_converted_base(setup, demo_dir, tmp_path):
-    """`finetune_xp3.py --load BASE --lora-load IMPORTED` at lr 0: the adapters it saves are the
-    imported ones, and its checkpoint records the base."""
-    f = setup["bloom"]
+def test_finetune_continues_imported_adapters_on_the_converted_base(setup, demo_dir, tmp_path):
+    """`finetune_xp3.py --load BASE --lora-load IMPORTED`: at lr 0 the adapters it saves are the
+    imported ones and its checkpoint records the base; with PEFT's own A per projection (q and v
+    without k), training (TP2) keeps them so: B stays zero outside each row's own projection and
+    k's A slice zero, and the export is a PEFT adapter of the original's keys, trained."""
     data = preprocess_demo(demo_dir, tmp_path)
-    finetune(1, [*tiny_model_args(demo_dir, data), "--micro-batch-size", "2", "--global-batch-size", "2",
-                 "--lr", "0", "--min-lr", "0", "--train-iters", "1", "--eval-iters", "0", "--attention-backend",
-                 "reference", "--load", f["base"], "--lora-load", f["tp1"], "--save", tmp_path / "save"])
-    saved, imported = final_weights(tmp_path / "save"), final_weights(f["tp1"])
+    common = [*tiny_model_args(demo_dir, data), "--micro-batch-size", "2", "--global-batch-size", "2",
+              "--train-iters", "2", "--eval-iters", "0", "--attention-backend", "reference"]
+    f = setup["bloom"]
+    finetune(1, [*common, "--lr", "0", "--min-lr", "0", "--load", f["base"], "--lora-load", f["tp1"],
+                 "--save", tmp_path / "bloom"])
+    saved, imported = final_weights(tmp_path / "bloom"), final_weights(f["tp1"])
     assert saved.keys() == imported.keys() and len(saved) == 2 * 2 * 4
     assert all(torch.equal(saved[name], imported[name]) for name in saved)
-    assert read_metadata(tmp_path / "save").lora_base["folder"] == str(f["base"])
+    assert read_metadata(tmp_path / "bloom").lora_base["folder"] == str(f["base"])
+
+    f = setup["llama_parts"]
+    finetune(2, [*common, "--lr", "1e-2", "--load", f["base"], "--lora-load", f["tp2"], "--save", tmp_path / "llama",
+                 "--tensor-model-parallel-size", "2"])
+    spec, meta = get_model_spec("llama"), read_metadata(tmp_path / "llama")
+    trained, imported = CheckpointReader(tmp_path / "llama", spec), CheckpointReader(f["tp2"], spec)
+    names, rows = spec.adapter.lora_fused_rows("self_attention.query_key_value", meta.model)
+    for layer in (3, 4):
+        qkv_a = trained.layer(layer)["self_attention.query_key_value.lora_A.weight"]
+        qkv_b = trained.layer(layer)["self_attention.query_key_value.lora_B.weight"]
+        k = names.index("k_proj")
+        assert not qkv_a[k * RANK:(k + 1) * RANK].any() and not qkv_b[:, k * RANK:(k + 1) * RANK].any()
+        outside = 1 - lora_module.part_mask(meta.lora, names, rows)
+        assert not (qkv_b * outside).any()
+        assert not torch.equal(qkv_b, imported.layer(layer)["self_attention.query_key_value.lora_B.weight"])
+    run_tool_in_process(TO_HF, "--checkpoint-dir", tmp_path / "llama", "--lora-format", "peft", "--output-dir",
+                        tmp_path / "export")
+    exported, original = load_file(str(tmp_path / "export" / PEFT_WEIGHTS)), load_file(str(f["peft"] / PEFT_WEIGHTS))
+    assert exported.keys() == original.keys()
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(f["hf"]), tmp_path / "export")
+    result = set_peft_model_state_dict(loaded, exported)
+    assert [k for k in result.missing_keys if "lora_" in k] == [] and result.unexpected_keys == []
 
 
 def _edited_adapter(source: Path, folder: Path, settings: dict | None = None, drop: str | None = None,
@@ -250,9 +281,7 @@ REFUSED = {  # case: (family, edit, a name the refusal must give)
     "alpha_pattern": ("llama", {"settings": {"alpha_pattern": {"q_proj": 8}}}, "alpha_pattern"),
     "some_layers": ("bloom", {"settings": {"layers_to_transform": [0]}}, "layers_to_transform"),
     "lm_head": ("bloom", {"settings": {"target_modules": TARGETS["bloom"] + ["lm_head"]}}, "lm_head"),
-    "q_and_v_only": ("llama", {"settings": {"target_modules": ["q_proj", "v_proj"]}, "drop": "k_proj"}, "k_proj"),
-    "no_k_in_layer_0": ("llama", {"drop": "layers.0.self_attn.k_proj"}, "k_proj"),
-    "different_a": ("llama", {"change": "layers.1.mlp.up_proj.lora_A"}, "lora_A of mlp.gate_proj, mlp.up_proj"),
+    "embeddings": ("llama", {"settings": {"target_modules": TARGETS["llama"] + ["embed_tokens"]}}, "embed_tokens"),
 }
 
 

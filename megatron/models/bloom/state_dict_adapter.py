@@ -149,11 +149,16 @@ LORA_HF_MODULES = {"query_key_value": ("query_key_value",), "dense": ("dense",),
                    "dense_h_to_4h": ("dense_h_to_4h",), "dense_4h_to_h": ("dense_4h_to_h",)}
 
 
-def lora_to_hf_layer(layer: int, tensors: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+def lora_fused_rows(module: str, config) -> None:
+    """No layer of BLOOM's is fused from several HF modules (PEFT adapts its fused QKV whole)."""
+    return None
+
+
+def lora_to_hf_layer(layer: int, tensors: dict[str, torch.Tensor], config, lora) -> dict[str, torch.Tensor]:
     """A layer's LoRA tensors by their full HF names (`transformer.h.{i}.<module>.lora_A.weight`)."""
     return to_hf_layer(layer, tensors, config)
 
 
-def lora_from_hf_layer(layer: int, hf: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+def lora_from_hf_layer(layer: int, hf: dict[str, torch.Tensor], config, lora) -> dict[str, torch.Tensor]:
     """A layer's LoRA tensors by our names from PEFT's, as `hf_to_layer` names them (the same)."""
     return dict(hf)

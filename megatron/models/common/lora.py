@@ -16,6 +16,12 @@ TP rank; on a row-parallel layer's input shard from the tensor-parallel generato
 own dropout on split activations. A is drawn whole from the run's seed, the layer and the target
 (PEFT's Kaiming-uniform), and sliced, so the run is the same at any TP; B starts at zero.
 
+A fused layer (q/k/v, gate/up) has one A for its parts, or, as PEFT adapts the unfused HF
+modules, one A per part (`LoraConfig.parts`: an imported PEFT adapter whose projections have their
+own A, or adapt only some of them): A stacks the parts' `[r, in]` slices and B `[out, parts * r]`
+is masked so that each output row reads its own part's slice only (the masked entries get no
+gradient, so they stay zero and the adapter stays PEFT's).
+
 Tensors are named as PEFT names them inside a target module, `<target>.lora_A.weight` and
 `<target>.lora_B.weight`; `split_for_tp` and `merge_from_tp` apply the rule above to them by
 the name of their base weight and the family's adapter, and the adapter's own rule to the rest.
@@ -26,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -47,36 +54,35 @@ class LoraConfig:
     targets: tuple[str, ...]
     dropout: float = 0.0
     rslora: bool = False
+    # None: a fused layer (q/k/v, gate/up) has one A for all its parts; else the family's part
+    # modules (HF's names) that have their own A, as PEFT adapts the unfused HF model, the others
+    # none: A stacked `[parts * r, in]`, B `[out, parts * r]` masked to each row's own part
+    parts: tuple[str, ...] | None = None
 
     @property
     def scaling(self) -> float:
         return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
 
 
-def target_names(block: nn.Module) -> list[str]:
-    """The names LoRA can target in a family's block: its tensor-parallel linear layers' own
-    names (`query_key_value`, `dense`, ...), in module order."""
-    names: list[str] = []
-    for path, module in block.named_modules():
-        leaf = path.rsplit(".", 1)[-1]
-        if isinstance(module, (tensor_parallel.ColumnParallelLinear, tensor_parallel.RowParallelLinear)) \
-                and leaf not in names:
-            names.append(leaf)
-    return names
-
-
 def _init_seed(seed: int, layer: int, path: str) -> int:
     return seed + zlib.crc32(f"{layer}:{path}".encode())
 
 
-def attach(block: nn.Module, lora: LoraConfig, layer: int, seed: int, tp_rank: int, tp_size: int) -> list[str]:
-    """Adapters on every targeted linear of `block` (pipeline layer `layer`); their paths in it."""
+FusedRows = Callable[[str], "tuple[tuple[str, ...], torch.Tensor] | None"]
+
+
+def attach(block: nn.Module, lora: LoraConfig, layer: int, seed: int, tp_rank: int, tp_size: int,
+           fused_rows: FusedRows = lambda path: None) -> list[str]:
+    """Adapters on every targeted linear of `block` (pipeline layer `layer`); their paths in it.
+    With `lora.parts`, `fused_rows(path)` gives a fused layer's part names and the part of each
+    of this rank's output rows (None for a layer that is not fused)."""
     attached = []
     for path, module in list(block.named_modules()):
         if path.rsplit(".", 1)[-1] not in lora.targets:
             continue
+        parts = fused_rows(path) if lora.parts is not None else None
         if isinstance(module, tensor_parallel.ColumnParallelLinear):
-            _attach(module, lora, _init_seed(seed, layer, path), tp_rank, tp_size, column=True)
+            _attach(module, lora, _init_seed(seed, layer, path), tp_rank, tp_size, column=True, parts=parts)
         elif isinstance(module, tensor_parallel.RowParallelLinear):
             _attach(module, lora, _init_seed(seed, layer, path), tp_rank, tp_size, column=False)
         else:
@@ -85,18 +91,37 @@ def attach(block: nn.Module, lora: LoraConfig, layer: int, seed: int, tp_rank: i
     return attached
 
 
-def _attach(linear: nn.Module, lora: LoraConfig, seed: int, tp_rank: int, tp_size: int, column: bool) -> None:
+def stacked_parts(lora: LoraConfig, parts: int) -> int:
+    """How many rank slices A stacks for a layer fused from `parts` HF modules (1 unless
+    `lora.parts`)."""
+    return parts if lora.parts is not None else 1
+
+
+def part_mask(lora: LoraConfig, names: tuple[str, ...], row_parts: torch.Tensor) -> torch.Tensor:
+    """`[rows, parts * r]`: 1 where a row's own part's rank slice meets it, for the adapted parts."""
+    mask = torch.zeros(len(row_parts), len(names) * lora.rank)
+    for index, name in enumerate(names):
+        if name in lora.parts:
+            mask[row_parts == index, index * lora.rank:(index + 1) * lora.rank] = 1
+    return mask
+
+
+def _attach(linear: nn.Module, lora: LoraConfig, seed: int, tp_rank: int, tp_size: int, column: bool,
+            parts: tuple[tuple[str, ...], torch.Tensor] | None = None) -> None:
     dtype, device = linear.weight.dtype, linear.weight.device
     out_local, in_local = linear.weight.shape
     in_whole = in_local if column else in_local * tp_size
-    whole_a = torch.empty(lora.rank, in_whole, dtype=torch.float32)
+    width = lora.rank * (len(parts[0]) if parts else 1)
+    whole_a = torch.empty(width, in_whole, dtype=torch.float32)
     nn.init.kaiming_uniform_(whole_a, a=math.sqrt(5), generator=torch.Generator().manual_seed(seed))
     a = whole_a if column else whole_a.chunk(tp_size, dim=1)[tp_rank]
-    linear.lora_A = nn.Linear(in_local, lora.rank, bias=False, dtype=dtype, device=device)
-    linear.lora_B = nn.Linear(lora.rank, out_local, bias=False, dtype=dtype, device=device)
+    linear.lora_A = nn.Linear(in_local, width, bias=False, dtype=dtype, device=device)
+    linear.lora_B = nn.Linear(width, out_local, bias=False, dtype=dtype, device=device)
     with torch.no_grad():
         linear.lora_A.weight.copy_(a)
         linear.lora_B.weight.zero_()
+    if parts:  # B's entries outside each row's own part stay zero: no gradient reaches them
+        linear.register_buffer("lora_mask", part_mask(lora, *parts).to(dtype=dtype, device=device), persistent=False)
     split = linear.lora_B.weight if column else linear.lora_A.weight
     tensor_parallel.set_tensor_model_parallel_attributes(split, is_parallel=True, dim=0 if column else 1, stride=1)
     linear.lora_scaling = lora.scaling
@@ -115,7 +140,9 @@ def _column_branch(linear: nn.Module, args: tuple, output: tuple) -> tuple:
     hidden = tensor_parallel.copy_to_tensor_model_parallel_region(
         linear.lora_A(_dropout(linear, args[0], per_rank=False)))
     out, bias = output
-    return out + linear.lora_B(hidden) * linear.lora_scaling, bias
+    mask = getattr(linear, "lora_mask", None)
+    delta = linear.lora_B(hidden) if mask is None else F.linear(hidden, linear.lora_B.weight * mask)
+    return out + delta * linear.lora_scaling, bias
 
 
 def _row_branch(linear: nn.Module, args: tuple, output: tuple) -> tuple:

@@ -234,44 +234,87 @@ def _fuse_lora_b(ours: str, parts: list[torch.Tensor], config) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def lora_to_hf_layer(layer: int, tensors: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+def lora_fused_rows(module: str, config) -> tuple[tuple[str, ...], torch.Tensor] | None:
+    """A fused layer's HF part modules and the part index of each of its whole output rows (for
+    LoRA with a separate A per part, `LoraConfig.parts`); None for a layer that is not fused."""
+    if module not in ("self_attention.query_key_value", "mlp.dense_h_to_4h"):
+        return None
+    c = config
+    sizes = ((c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim)
+             if module.endswith("query_key_value") else (c.ffn_hidden_size, c.ffn_hidden_size))
+    rows = _fuse_lora_b(module, [torch.full((n,), i) for i, n in enumerate(sizes)], config)
+    return tuple(name.rsplit(".", 1)[-1] for name in _lora_parts(module)), rows
+
+
+def _part_slices(lora, module: str) -> list[tuple[str, slice | None]]:
+    """Each HF part of our `module` and its rows of a stacked A (None: the one shared A)."""
+    parts = _lora_parts(module)
+    if lora.parts is None or len(parts) == 1:
+        return [(part, None) for part in parts]
+    r = lora.rank
+    return [(part, slice(i * r, (i + 1) * r)) for i, part in enumerate(parts)]
+
+
+def lora_to_hf_layer(layer: int, tensors: dict[str, torch.Tensor], config, lora) -> dict[str, torch.Tensor]:
     """A layer's LoRA tensors by their full HF names (`model.layers.{i}.self_attn.q_proj.lora_A.weight`):
-    a fused module's A copied to each of its parts, its B split by their rows."""
+    a fused module's B split by its parts' rows, with the one A copied to each part, or (with
+    `lora.parts`) each adapted part's own rank slice of the stacked A and of its B rows."""
     prefix = f"{_HF_LAYER_PREFIX}{layer - FIRST_BLOCK_LAYER}."
     out = {}
     for ours in _LORA_MODULES:
         if f"{ours}.lora_A.weight" not in tensors:
             continue
         a = tensors[f"{ours}.lora_A.weight"]
-        for part, b in zip(_lora_parts(ours), _unfuse_lora_b(ours, tensors[f"{ours}.lora_B.weight"], config)):
-            out[f"{prefix}{part}.lora_A.weight"] = a.clone()
-            out[f"{prefix}{part}.lora_B.weight"] = b
+        b_parts = _unfuse_lora_b(ours, tensors[f"{ours}.lora_B.weight"], config)
+        for (part, ranks), b in zip(_part_slices(lora, ours), b_parts):
+            if ranks is not None and part.rsplit(".", 1)[-1] not in lora.parts:
+                continue
+            out[f"{prefix}{part}.lora_A.weight"] = (a if ranks is None else a[ranks]).clone()
+            out[f"{prefix}{part}.lora_B.weight"] = (b if ranks is None else b[:, ranks]).contiguous()
     return out
 
 
-def lora_from_hf_layer(layer: int, hf: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
-    """A layer's LoRA tensors by our names from PEFT's (as `hf_to_layer` names them); refuses
-    (UnsupportedConfig) adapters on only some parts of a fused module or with different A's there
-    (ours shares one A); a missing or unknown tensor raises KeyError naming it."""
+def lora_from_hf_layer(layer: int, hf: dict[str, torch.Tensor], config, lora) -> dict[str, torch.Tensor]:
+    """A layer's LoRA tensors by our names from PEFT's (as `hf_to_layer` names them): one A for a
+    fused module's parts, which must all be adapted with equal A's (refused otherwise:
+    UnsupportedConfig), or with `lora.parts` each adapted part's A stacked (zeros for the parts
+    without) and its B in its own rank slice; a missing or unknown tensor raises KeyError
+    naming it."""
     hf, ours, block = dict(hf), {}, layer - FIRST_BLOCK_LAYER
     for module in _LORA_MODULES:
-        parts = _lora_parts(module)
+        slices = _part_slices(lora, module)
+        parts = [part for part, _ in slices]
         present = [part for part in parts if f"{part}.lora_A.weight" in hf]
         if not present:
             continue
-        if present != parts:
-            raise UnsupportedConfig(f"block {block}: LoRA on {', '.join(present)} but not on all of "
-                                    f"{', '.join(parts)}: our fused {module} takes one adapter for all of them")
         try:
-            a = [hf.pop(f"{part}.lora_A.weight") for part in parts]
-            b = [hf.pop(f"{part}.lora_B.weight") for part in parts]
+            a = {part: hf.pop(f"{part}.lora_A.weight") for part in present}
+            b = {part: hf.pop(f"{part}.lora_B.weight") for part in present}
         except KeyError as error:
             raise KeyError(f"{error.args[0]} is missing") from None
-        if any(not torch.equal(other, a[0]) for other in a[1:]):
-            raise UnsupportedConfig(f"block {block}: the lora_A of {', '.join(parts)} differ: our fused {module} "
-                                    "shares one A among them")
-        ours[f"{module}.lora_A.weight"] = a[0]
-        ours[f"{module}.lora_B.weight"] = _fuse_lora_b(module, b, config)
+        if slices[0][1] is None:  # one A
+            if present != parts:
+                raise UnsupportedConfig(f"block {block}: LoRA on {', '.join(present)} but not on all of "
+                                        f"{', '.join(parts)}: our fused {module} takes one adapter for all of them")
+            if any(not torch.equal(a[part], a[parts[0]]) for part in parts[1:]):
+                raise UnsupportedConfig(f"block {block}: the lora_A of {', '.join(parts)} differ: our fused {module} "
+                                        "shares one A among them")
+            ours[f"{module}.lora_A.weight"] = a[parts[0]]
+            ours[f"{module}.lora_B.weight"] = _fuse_lora_b(module, [b[part] for part in parts], config)
+            continue
+        first = a[present[0]]
+        width = lora.rank * len(parts)
+        stacked_a = first.new_zeros(width, first.shape[1])
+        b_rows = []
+        rows = lora_fused_rows(module, config)[1]
+        for index, (part, ranks) in enumerate(slices):
+            part_b = first.new_zeros(int((rows == index).sum()), width)
+            if part in a:
+                stacked_a[ranks] = a[part]
+                part_b[:, ranks] = b[part]
+            b_rows.append(part_b)
+        ours[f"{module}.lora_A.weight"] = stacked_a
+        ours[f"{module}.lora_B.weight"] = _fuse_lora_b(module, b_rows, config)
     if hf:
         raise KeyError(f"{sorted(hf)} are not LoRA tensors of this model's targets")
     return ours
