@@ -1,6 +1,7 @@
 """LoRA finetunes end to end on CPU (gloo, torchrun), from converted tiny HF models over the demo
-tokenizer: at TP2 (a rank, 3, that TP does not divide), at PP4 (an embedding-only first stage
-without adapters) and, for BLOOM, TP2 x DP2 under ZeRO-2 (the whole-model engine), the adapters
+tokenizer: at TP2 (a rank, 3, that TP does not divide; blocks recomputed), at PP4 (an
+embedding-only first stage without adapters) and, for BLOOM, PP2 (its tied embedding on both ends)
+and TP2 x DP2 under ZeRO-2 (the whole-model engine), the adapters
 follow the single-process loss and gradient-norm curve; checkpoints and the optimizer hold the
 adapters alone; an interrupted run resumes bit for bit (its base rebuilt from the base checkpoint:
 a base that had moved during training would show); zero-shot evaluation runs on the live LoRA
@@ -50,9 +51,11 @@ def bases(demo_dir, tmp_path_factory) -> dict[str, Path]:
     return {family: root / family for family in ("llama", "bloom")}
 
 
+RECOMPUTE = ["--checkpoint-activations"]  # recomputed blocks whose input (the frozen embedding's) needs no gradient
 LAYOUTS = {
-    "llama": {"single": (1, []), "tp2": (2, TP2), "pp4": (4, ["--pipeline-model-parallel-size", "4"])},
-    "bloom": {"single": (1, []), "tp2_dp2_zero2": (4, [*TP2, "--zero-stage", "2"])},
+    "llama": {"single": (1, []), "tp2": (2, [*TP2, *RECOMPUTE]), "pp4": (4, ["--pipeline-model-parallel-size", "4"])},
+    "bloom": {"single": (1, []), "pp2": (2, ["--pipeline-model-parallel-size", "2"]),
+              "tp2_dp2_zero2": (4, [*TP2, "--zero-stage", "2"])},
 }
 
 
@@ -104,7 +107,8 @@ ADAPTED = ("self_attention.query_key_value", "self_attention.dense", "mlp.dense_
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
-@pytest.mark.parametrize("family, layout", [("llama", "tp2"), ("llama", "pp4"), ("bloom", "tp2_dp2_zero2")])
+@pytest.mark.parametrize("family, layout", [("llama", "tp2"), ("llama", "pp4"), ("bloom", "pp2"),
+                                            ("bloom", "tp2_dp2_zero2")])
 def test_checkpoints_hold_the_adapters_alone(runs, bases, family, layout):
     """Every layer file holds LoRA tensors only (each block its 8, the other layers none),
     DeepSpeed's model states hold no base tensor, the optimizer's fp32 partitions are exactly the
@@ -133,14 +137,14 @@ def test_checkpoints_hold_the_adapters_alone(runs, bases, family, layout):
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_interrupted_lora_run_resumes_bit_for_bit(demo_dir, demo_data, runs, tmp_path):
-    """TP2: a relaunch from the checkpoint of iteration 3 (the base from the base checkpoint, the
+    """TP2 with recomputation: a relaunch from the checkpoint of iteration 3 (the base from the base checkpoint, the
     adapters and their Adam state from ours) gives iterations 4..6 of the uninterrupted run bit
     for bit, and the same adapters."""
     whole = runs["llama"]["tp2"]
     copy_as_of(whole / "save", "global_step3", tmp_path / "save")
     second = finetune(2, [*tiny_model_args(demo_dir, demo_data), *BASE, *LORA, "--train-iters", "6",
                           "--load", "unused-on-relaunch", "--save", tmp_path / "save", "--save-interval", "3",
-                          "--tensorboard-dir", tmp_path / "tb", *TP2])
+                          "--tensorboard-dir", tmp_path / "tb", *LAYOUTS["llama"]["tp2"][1]])
     assert "training from iteration 3 to 6" in second.stdout
     before, after = scalars(whole / "tb", "lm loss"), scalars(tmp_path / "tb", "lm loss")
     assert sorted(after) == [4, 5, 6] and all(after[i] == before[i] for i in (4, 5, 6))
