@@ -18,6 +18,7 @@ from deepspeed.checkpoint.constants import PARAM_SHAPES, UNIVERSAL_CHECKPOINT_IN
 
 from megatron.checkpoint.integrity import PROGRESS_FILE, problem, write_manifest
 from megatron.checkpoint.layout import LATEST_UNIVERSAL, CheckpointError, read_latest
+from megatron.checkpoint.metadata import read_metadata
 from megatron.utils.atomic_files import atomic_folder, write_atomically
 
 STATES = ("fp32", "exp_avg", "exp_avg_sq")
@@ -56,6 +57,9 @@ def shape_problem(tag_dir: Path, expected: dict[str, tuple[int, ...]]) -> str | 
 def make_universal(folder: str | Path, tag: str | None = None) -> Path:
     """`folder/TAG_universal` from checkpoint `tag` of `folder` (default: the one `latest` names)."""
     folder = Path(folder)
+    if read_metadata(folder).lora is not None:
+        raise CheckpointError(f"{folder} holds LoRA adapters: they change layout without a universal checkpoint "
+                              "(a new run with --load BASE --lora-load of them, at any TP/PP)")
     tag = tag or read_latest(folder)
     tag_dir = folder / tag
     issue = problem(tag_dir)

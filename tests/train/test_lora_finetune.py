@@ -155,8 +155,9 @@ def test_interrupted_lora_run_resumes_bit_for_bit(demo_dir, demo_data, runs, tmp
 
 def test_lora_refusals(demo_dir, demo_data, bases, runs, tmp_path, capsys):
     """Unknown targets (the valid ones named), ZeRO-3, no base, a universal checkpoint, adapters
-    of another base in --lora-load, flags that contradict the adapters continued, and a LoRA
-    checkpoint loaded as if it were a model."""
+    of another base in --lora-load, flags that contradict the adapters continued, a LoRA
+    checkpoint loaded as if it were a model, and one made universal (adapters change layout
+    through --lora-load)."""
     common = [*tiny_model_args(demo_dir, demo_data), *BASE, "--train-iters", "2"]
     llama, bloom_run = bases["llama"], runs["bloom"]["single"] / "save"
     cases = [
@@ -174,3 +175,5 @@ def test_lora_refusals(demo_dir, demo_data, bases, runs, tmp_path, capsys):
     ]
     for extra, message in cases:
         assert message in refused_before_start([*common, *extra, "--save", tmp_path / "unused"], capsys), extra
+    universal = run_tool_in_process("convert_checkpoint/to_universal.py", "--checkpoint-dir", bloom_run, check=False)
+    assert universal.returncode == 1 and "holds LoRA adapters" in universal.stderr
