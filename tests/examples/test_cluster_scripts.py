@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.paths import REPO, run_tool
+from helpers.paths import REPO, run_tool, run_tool_in_process
 
 from megatron.data.data_config import parse_weighted_split_group
 from synthetic.corpus import write_jsonl
@@ -90,6 +90,36 @@ def test_mixture_weights_follow_the_preprocessed_bytes(xp3_data):
     valid = [parse_weighted_split_group(text, "valid") for text in shlex.split((xp3_data / "xp3_valid.txt").read_text())]
     assert [g.name for g in valid] == [f"valid_xp3_{language}" for language in LANGUAGES]
     assert all((d.begin, d.end) == (0.99, 1.0) for g in valid for d in g.datasets)
+
+
+def test_mixture_temperature_and_the_budget_epochs(xp3_data, tmp_path):
+    """--temperature T weighs each dataset by bytes^(1/T) (T=3 flattens toward the small one);
+    --budget-tokens N prints each one's share of N tokens, its training pairs, and the epochs of
+    them: share x N over its training pairs' tokens, by hand from the files."""
+    from megatron.data.pairs import PairDataset
+
+    prefixes = [xp3_data / f"xp3_{language}" for language in LANGUAGES]
+    result = run_tool_in_process("make_data_mixture.py", *prefixes, "--train-output", tmp_path / "train.txt",
+                                 "--valid-fraction", "0.1", "--valid-output", tmp_path / "valid.txt",
+                                 "--temperature", "3", "--budget-tokens", "1e6")
+    (train,) = shlex.split((tmp_path / "train.txt").read_text())
+    group = parse_weighted_split_group(train, "train")
+    sizes = [sum(Path(f"{p}_{key}_document.bin").stat().st_size for key in ("inputs", "targets")) for p in prefixes]
+    scaled = [size ** (1 / 3) for size in sizes]
+    assert [d.weight for d in group.datasets] == pytest.approx([w / sum(scaled) for w in scaled], rel=1e-5)
+    by_size = [size / sum(sizes) for size in sizes]
+    small = sizes.index(min(sizes))
+    assert group.datasets[small].weight > by_size[small]  # the small language sampled more than by size
+    for prefix, weight in zip(prefixes, (d.weight for d in group.datasets)):
+        pairs = PairDataset(prefix)
+        train_pairs = int(len(pairs) * 0.9)
+        tokens = sum(int(pairs.input_sizes[i]) + int(pairs.target_sizes[i]) for i in range(len(pairs)))
+        epochs = weight * 1e6 / (tokens * train_pairs / len(pairs))
+        assert f"  {prefix.name}: {weight:.4%} of the tokens, {train_pairs:,} training pairs, {epochs:.2f} epochs" \
+            in result.stdout
+    refused = run_tool_in_process("make_data_mixture.py", *prefixes, "--train-output", tmp_path / "t.txt",
+                                  "--temperature", "0", check=False)
+    assert refused.returncode == 2 and "--temperature 0" in refused.stderr
 
 
 def test_mixture_tool_names_a_missing_dataset_and_writes_nothing(xp3_data, tmp_path):
