@@ -4,7 +4,9 @@ A save writes `SAVE/global_stepN/` (DeepSpeed's model, optimizer and per-rank RN
 layer files `megatron_to_hf.py` reads; `progress.json` with the iteration, data position and LR
 schedule) and last `manifest.json` (every file's size), then the metadata, and only when every
 rank is done, the `latest` pointer (and Megatron's `latest_checkpointed_iteration.txt`), each by
-an atomic rename. A save interrupted part-way is therefore never the one `latest` names.
+an atomic rename. A save interrupted part-way is therefore never the one `latest` names. The
+scripts DeepSpeed drops beside a save (`zero_to_fp32.py`), which cannot read our checkpoints, are
+removed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ from megatron.train.progress import TrainingProgress
 from megatron.utils.atomic_files import write_atomically
 
 
+# DeepSpeed copies these into every save; they fail on our pipeline checkpoints (their model states
+# hold no `module`): tools/convert_checkpoint/megatron_to_hf.py converts ours
+DEEPSPEED_SCRIPTS = ("zero_to_fp32.py", "zero_to_torch.py")
+
+
 def save_checkpoint(engine: TrainingEngine, save_dir: str, progress: TrainingProgress,
                     meta: CheckpointMetadata) -> Path:
     folder = Path(save_dir)
@@ -32,6 +39,8 @@ def save_checkpoint(engine: TrainingEngine, save_dir: str, progress: TrainingPro
     engine.save(folder, tag, client_state={"rng": rng_states()})
     dist.barrier()
     if dist.get_rank() == 0:
+        for script in DEEPSPEED_SCRIPTS:
+            (folder / script).unlink(missing_ok=True)
         write_atomically(folder / tag / PROGRESS_FILE, json.dumps(dataclasses.asdict(progress), indent=1))
         write_manifest(folder / tag)
         write_metadata(folder, meta)

@@ -129,6 +129,7 @@ def test_checkpoints_hold_the_adapters_alone(runs, bases, family, layout):
         state = torch.load(path, weights_only=False)["optimizer_state_dict"]
         fp32 += sum(t.numel() for t in state["single_partition_of_fp32_groups"]) - sum(state["group_paddings"])
     assert fp32 == lora_numel  # ZeRO's partitions of each TP rank together: its adapters, once
+    assert not (runs[family][layout] / "save" / "zero_to_fp32.py").exists()  # DeepSpeed's, useless on ours
     meta = read_metadata(runs[family][layout] / "save")
     assert meta.lora.rank == 3 and meta.lora.alpha == 6 and set(meta.lora.targets) == {m.split(".")[1] for m in ADAPTED}
     assert meta.lora_base == {"folder": str(bases[family].resolve()), "tag": "global_step0"}
