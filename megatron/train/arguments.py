@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint = parser.add_argument_group("checkpoints")
     checkpoint.add_argument("--save", default=None)
     checkpoint.add_argument("--save-interval", type=int, default=None)
+    checkpoint.add_argument("--save-retain", type=int, default=None, metavar="N",
+                            help="keep the N newest complete checkpoints in --save, deleting an older one only once a "
+                                 "newer one is complete and 'latest' names it (default: keep all)")
     checkpoint.add_argument("--load", default=None,
                             help="a checkpoint of ours or one converted from HF (weights only)")
     checkpoint.add_argument("--no-load-optim", action="store_true")
@@ -292,6 +295,8 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
         raise ConfigError("--eval-tasks-interval and --eval-tasks-length-normalize need --eval-tasks FILE_OR_DIR")
     if args.eval_tasks is None and args.eval_tasks_prepend_bos:
         raise ConfigError("--eval-tasks-prepend-bos needs --eval-tasks FILE_OR_DIR")
+    if args.save_retain is not None and args.save_retain < 1:
+        raise ConfigError(f"--save-retain {args.save_retain}: keep at least 1 checkpoint")
     lora = lora_flags(args)
     deepspeed_json = read_deepspeed_json(args.deepspeed_config)
     zero_stage = args.zero_stage if args.zero_stage is not None else int(
@@ -334,7 +339,8 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
         checkpoint=CheckpointConfig(save=args.save, save_interval=args.save_interval, load=args.load,
                                     no_load_optim=args.no_load_optim, no_load_rng=args.no_load_rng,
                                     reset_progress=args.reset_progress, finetune=args.finetune,
-                                    fallback=args.checkpoint_fallback, universal=args.universal_checkpoint),
+                                    fallback=args.checkpoint_fallback, universal=args.universal_checkpoint,
+                                    save_retain=args.save_retain),
         logging=LoggingConfig(log_interval=args.log_interval, eval_interval=args.eval_interval,
                               eval_iters=args.eval_iters, tensorboard_dir=args.tensorboard_dir,
                               exit_interval=args.exit_interval, exit_duration_minutes=args.exit_duration_in_mins,

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from megatron.checkpoint.integrity import PROGRESS_FILE, write_manifest
 from megatron.checkpoint.layout import tag_for, write_latest
 from megatron.checkpoint.metadata import CheckpointMetadata, write_metadata
+from megatron.checkpoint.retention import prune
 from megatron.train.distributed import rng_states, set_rng_states
 from megatron.train.engine import TrainingEngine
 from megatron.train.load_plan import LoadPlan
@@ -33,7 +34,9 @@ DEEPSPEED_SCRIPTS = ("zero_to_fp32.py", "zero_to_torch.py")
 
 
 def save_checkpoint(engine: TrainingEngine, save_dir: str, progress: TrainingProgress,
-                    meta: CheckpointMetadata) -> Path:
+                    meta: CheckpointMetadata, retain: int | None = None) -> Path:
+    """With `retain`, the complete checkpoints beyond the `retain` newest are deleted once this
+    one is complete and `latest` names it (`checkpoint/retention.py`)."""
     folder = Path(save_dir)
     tag = tag_for(progress.iteration)
     engine.save(folder, tag, client_state={"rng": rng_states()})
@@ -45,6 +48,9 @@ def save_checkpoint(engine: TrainingEngine, save_dir: str, progress: TrainingPro
         write_manifest(folder / tag)
         write_metadata(folder, meta)
         write_latest(folder, tag, progress.iteration)
+        if retain is not None:
+            for old in prune(folder, retain):
+                print(f"deleted checkpoint {folder / old} (--save-retain {retain})", flush=True)
     dist.barrier()
     return folder / tag
 

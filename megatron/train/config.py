@@ -108,6 +108,7 @@ class CheckpointConfig:
     finetune: bool
     fallback: bool
     universal: bool  # --load holds a universal checkpoint (any TP/PP/DP)
+    save_retain: int | None = None  # keep this many newest complete checkpoints (None: all)
 
 
 @dataclass(frozen=True)

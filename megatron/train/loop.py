@@ -158,7 +158,8 @@ class Trainer:
 
     def save(self) -> None:
         self.progress.lr_schedule = self.schedule.state_dict()
-        path = save_checkpoint(self.engine, self.train.checkpoint.save, self.progress, self.meta)
+        path = save_checkpoint(self.engine, self.train.checkpoint.save, self.progress, self.meta,
+                               self.train.checkpoint.save_retain)
         log(f"saved checkpoint {path} at iteration {self.progress.iteration}")
 
     def _evaluations(self, when: str) -> None:

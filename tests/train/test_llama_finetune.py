@@ -136,6 +136,7 @@ def test_interrupted_run_resumes_bit_for_bit(demo_dir, demo_data, converted, tmp
     copy_as_of(tmp_path / "whole", "global_step3", tmp_path / "split")
     second = finetune(4, [*common, "--save", tmp_path / "split", "--tensorboard-dir", tmp_path / "tb_second"])
     assert "training from iteration 3 to 6" in second.stdout
+    assert not (tmp_path / "whole" / "zero_to_fp32.py").exists()  # DeepSpeed's, useless on our checkpoints
     whole, resumed = scalars(tmp_path / "tb_whole", "lm loss"), scalars(tmp_path / "tb_second", "lm loss")
     assert sorted(resumed) == [4, 5, 6] and all(resumed[i] == whole[i] for i in (4, 5, 6))
     final, expected = final_weights(tmp_path / "split"), final_weights(tmp_path / "whole")

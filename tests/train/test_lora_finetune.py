@@ -140,13 +140,17 @@ def test_checkpoints_hold_the_adapters_alone(runs, bases, family, layout):
 def test_interrupted_lora_run_resumes_bit_for_bit(demo_dir, demo_data, runs, tmp_path):
     """TP2 with recomputation: a relaunch from the checkpoint of iteration 3 (the base from the base checkpoint, the
     adapters and their Adam state from ours) gives iterations 4..6 of the uninterrupted run bit
-    for bit, and the same adapters."""
+    for bit, and the same adapters; with `--save-retain 1` it deletes the checkpoint it resumed
+    from once its own is complete."""
     whole = runs["llama"]["tp2"]
     copy_as_of(whole / "save", "global_step3", tmp_path / "save")
     second = finetune(2, [*tiny_model_args(demo_dir, demo_data), *BASE, *LORA, "--train-iters", "6",
                           "--load", "unused-on-relaunch", "--save", tmp_path / "save", "--save-interval", "3",
-                          "--tensorboard-dir", tmp_path / "tb", *LAYOUTS["llama"]["tp2"][1]])
+                          "--save-retain", "1", "--tensorboard-dir", tmp_path / "tb", *LAYOUTS["llama"]["tp2"][1]])
     assert "training from iteration 3 to 6" in second.stdout
+    # --save-retain 1: the checkpoint resumed from goes once the next one is complete and named
+    assert f"deleted checkpoint {tmp_path / 'save' / 'global_step3'} (--save-retain 1)" in second.stdout
+    assert sorted(p.name for p in (tmp_path / "save").iterdir() if p.is_dir()) == ["global_step6"]
     before, after = scalars(whole / "tb", "lm loss"), scalars(tmp_path / "tb", "lm loss")
     assert sorted(after) == [4, 5, 6] and all(after[i] == before[i] for i in (4, 5, 6))
     for path in (whole / "save" / "global_step6").glob("layer_*-model_states.pt"):
