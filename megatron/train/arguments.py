@@ -9,6 +9,7 @@ Flags kept only so that those scripts run are listed in `ACCEPTED_ONLY` with wha
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 
 import torch
@@ -18,7 +19,8 @@ from megatron.models import spec_for_architecture
 from megatron.models.common.rope import megatron_rope_scaling
 from megatron.train import validation
 from megatron.train.config import (ArchitectureFlag, BatchConfig, CheckpointConfig, EvalTasksConfig, LoggingConfig,
-                                   LoraFlags, ModelConfig, OptimizerConfig, ParallelConfig, TrainConfig)
+                                   LoraFlags, ModelConfig, OptimizerConfig, ParallelConfig, TrainConfig,
+                                   WandbConfig)
 from megatron.train.deepspeed_config import read_deepspeed_json
 from megatron.train.errors import ConfigError
 
@@ -202,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the tokenizer's BOS before each prompt's inputs, as tools/preprocess_data.py "
                               "--prepend-bos inputs put it in the training data")
     logging.add_argument("--tensorboard-dir", default=None)
+    logging.add_argument("--wandb-project", default=None,
+                         help="log the same scalars to Weights & Biases (needs the wandb package: the [wandb] extra; "
+                              "WANDB_MODE=offline writes the run locally)")
+    logging.add_argument("--wandb-exp-name", default=None, help="the W&B run's name")
+    logging.add_argument("--wandb-save-dir", default=None, help="where W&B writes its files")
+    logging.add_argument("--wandb-entity", default=None, help="the W&B team or user")
     logging.add_argument("--exit-interval", type=int, default=None, help="stop after this iteration")
     logging.add_argument("--exit-duration-in-mins", type=float, default=None)
     logging.add_argument("--kill-switch-path", default=None, help="stop (after saving) once this file exists")
@@ -260,6 +268,18 @@ def architecture_flags(args: argparse.Namespace) -> tuple[ArchitectureFlag, ...]
     flags.append(ArchitectureFlag("--add-qkv-bias" if args.add_qkv_bias else "--disable-bias-linear", "qkv_bias",
                                   bias or args.add_qkv_bias, args.disable_bias_linear or args.add_qkv_bias))
     return tuple(flags)
+
+
+def wandb_config(args: argparse.Namespace) -> WandbConfig | None:
+    """`--wandb-*`: None without `--wandb-project`; refused when the wandb package is missing."""
+    if args.wandb_project is None:
+        if any(value is not None for value in (args.wandb_exp_name, args.wandb_save_dir, args.wandb_entity)):
+            raise ConfigError("--wandb-exp-name, --wandb-save-dir and --wandb-entity need --wandb-project")
+        return None
+    if importlib.util.find_spec("wandb") is None:
+        raise ConfigError("--wandb-project needs the wandb package: pip install wandb (or this project's [wandb] extra)")
+    return WandbConfig(project=args.wandb_project, exp_name=args.wandb_exp_name, save_dir=args.wandb_save_dir,
+                       entity=args.wandb_entity)
 
 
 def lora_flags(args: argparse.Namespace) -> LoraFlags | None:
@@ -344,7 +364,8 @@ def parse_config(argv: list[str] | None = None, world_size: int | None = None) -
         logging=LoggingConfig(log_interval=args.log_interval, eval_interval=args.eval_interval,
                               eval_iters=args.eval_iters, tensorboard_dir=args.tensorboard_dir,
                               exit_interval=args.exit_interval, exit_duration_minutes=args.exit_duration_in_mins,
-                              kill_switch_path=args.kill_switch_path, exit_signal_handler=args.exit_signal_handler),
+                              kill_switch_path=args.kill_switch_path, exit_signal_handler=args.exit_signal_handler,
+                              wandb=wandb_config(args)),
         data=data,
         precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         seed=args.seed,

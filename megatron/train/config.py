@@ -112,6 +112,16 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases as Megatron-LM's flags name it (`--wandb-project` turns it on)."""
+
+    project: str
+    exp_name: str | None
+    save_dir: str | None
+    entity: str | None
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     log_interval: int
     eval_interval: int
@@ -121,6 +131,7 @@ class LoggingConfig:
     exit_duration_minutes: float | None
     kill_switch_path: str | None
     exit_signal_handler: bool
+    wandb: WandbConfig | None = None
 
 
 @dataclass(frozen=True)

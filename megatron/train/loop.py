@@ -1,5 +1,5 @@
 """The train loop: one global batch per iteration, the LR set before each step, the log line and
-TensorBoard scalars every `--log-interval` (with fp16, DeepSpeed's loss scale, and a warning while
+TensorBoard (and W&B) scalars every `--log-interval` (with fp16, DeepSpeed's loss scale, and a warning while
 it sits at its minimum), validation per named group (and the zero-shot
 `--eval-tasks`) before the first step of a fresh run, every `--eval-interval` (`--eval-tasks-interval`)
 and after the last step,
@@ -26,7 +26,7 @@ from megatron.train.data_iterators import TargetTokenCounter, micro_batches
 from megatron.train.distributed import collective_device
 from megatron.train.engine import TrainingEngine
 from megatron.train.lr_schedule import LRSchedule
-from megatron.train.metrics import TensorBoard, memory_gib, peak_tflops
+from megatron.train.metrics import ScalarLog, TensorBoard, WandB, memory_gib, peak_tflops
 from megatron.train.progress import TrainingProgress
 from megatron.train.task_eval import ZeroShotTasks
 
@@ -71,7 +71,7 @@ class Trainer:
         self.schedule.load_state_dict(progress.lr_schedule)
         self.flops_per_token = engine.spec.flops_per_token(meta.model, train.data.seq_length)
         self.meta = meta
-        self.tensorboard: TensorBoard | None = None
+        self.scalar_log: ScalarLog | None = None
         self.start_time = time.time()
         self.signal_received: int | None = None
 
@@ -87,10 +87,11 @@ class Trainer:
 
     def run(self) -> None:
         """Train to `--train-iters` (or an exit condition); raises NonFiniteLoss to stop. The
-        TensorBoard writer and (with `--exit-signal-handler`) the SIGTERM/SIGUSR1 handlers live
-        for this call only."""
-        self.tensorboard = TensorBoard(self.train.logging.tensorboard_dir,
-                                       dist.get_rank() == dist.get_world_size() - 1)
+        scalar writers (TensorBoard, W&B) and (with `--exit-signal-handler`) the SIGTERM/SIGUSR1
+        handlers live for this call only."""
+        writes = dist.get_rank() == dist.get_world_size() - 1
+        self.scalar_log = ScalarLog(TensorBoard(self.train.logging.tensorboard_dir, writes),
+                                    WandB(self.train.logging.wandb, writes, dataclasses.asdict(self.train)))
         handled = (signal.SIGTERM, signal.SIGUSR1) if self.train.logging.exit_signal_handler else ()
         previous = {number: signal.signal(number, self._on_signal) for number in handled}
         try:
@@ -98,7 +99,7 @@ class Trainer:
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
-            self.tensorboard.close()
+            self.scalar_log.close()
 
     def _run(self) -> None:
         train, progress = self.train, self.progress
@@ -185,7 +186,7 @@ class Trainer:
         parts = " | ".join(f"{name.removeprefix('eval-tasks/')} {value:.4f}" for name, value in scalars.items())
         log(f" zero-shot accuracy at iteration {iteration} ({report['examples']} examples, median over prompts) | "
             f"{parts}")
-        self.tensorboard.scalars(scalars, iteration)
+        self.scalar_log.scalars(scalars, iteration)
         return report
 
     def evaluate(self) -> dict[str, float]:
@@ -198,7 +199,7 @@ class Trainer:
         parts = " | ".join(f"{name} lm loss {loss:.6E} | {name} PPL {math.exp(min(loss, 50)):.4E}"
                            for name, loss in losses.items())
         log(f" validation at iteration {iteration} | {parts}")
-        self.tensorboard.scalars({f"lm-loss-validation/{name}": loss for name, loss in losses.items()}
+        self.scalar_log.scalars({f"lm-loss-validation/{name}": loss for name, loss in losses.items()}
                                  | {f"lm-loss-validation/{name} ppl": math.exp(min(loss, 50))
                                     for name, loss in losses.items()}, iteration)
         return losses
@@ -240,7 +241,7 @@ class Trainer:
             f" | tokens/s {tokens_per_s:.1f} | target tokens/s {window.target_tokens / elapsed:.1f}"
             f" | TFLOPs/device {tflops:.3f} | MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'}"
             f" | memory ({memory_kind}) {memory:.2f} GiB")
-        self.tensorboard.scalars(values, progress.iteration)
+        self.scalar_log.scalars(values, progress.iteration)
         if loss_scale is not None and loss_scale[0] == loss_scale[1]:
             log(f"warning: iteration {progress.iteration}: the fp16 loss scale is at DeepSpeed's minimum "
                 f"({loss_scale[1]:g}, fp16.min_loss_scale): gradients overflow even barely scaled, and DeepSpeed "

@@ -1,5 +1,6 @@
-"""What the log line and TensorBoard report besides the loss: the devices' peak FLOPs for MFU,
-memory, and the TensorBoard writer. Model FLOPs per token are the model family's
+"""What the log line, TensorBoard and Weights & Biases report besides the loss: the devices' peak
+FLOPs for MFU, memory, and the scalar writers (TensorBoard; W&B with Megatron-LM's `--wandb-*`
+flags, the run's config recorded), one rank writing them all. Model FLOPs per token are the model family's
 (`ModelSpec.flops_per_token`); MFU divides the achieved model FLOPs per device by the device's
 dense peak for the training precision (known GPUs only).
 """
@@ -53,3 +54,39 @@ class TensorBoard:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class WandB:
+    """Weights & Biases: the same scalars on the same rank, the run's `config` recorded (the
+    `wandb` package, an extra; `WANDB_MODE=offline` writes the run without a network)."""
+
+    def __init__(self, settings, enabled: bool, config: dict):
+        self.run = None
+        if settings is not None and enabled:
+            import wandb
+
+            self.run = wandb.init(project=settings.project, name=settings.exp_name, dir=settings.save_dir,
+                                  entity=settings.entity, config=config)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.run is not None:
+            self.run.log({name: value for name, value in values.items() if value is not None}, step=step)
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+
+
+class ScalarLog:
+    """Every scalar writer of the run behind one `scalars(values, step)`."""
+
+    def __init__(self, *writers):
+        self.writers = writers
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for writer in self.writers:
+            writer.scalars(values, step)
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()

@@ -273,6 +273,11 @@ def test_conflicting_settings_stop_before_any_work(tmp_path, capsys, change, mes
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
+def test_wandb_flags_without_a_project_stop_at_the_flags(tmp_path):
+    with pytest.raises(ConfigError, match="--wandb-exp-name, --wandb-save-dir and --wandb-entity need --wandb-project"):
+        parse_config([*_bloomz_script_flags(tmp_path, dry_run=False), "--wandb-exp-name", "bloomz"], world_size=64)
+
+
 def test_bad_flags_stop_every_rank_with_a_message_before_distributed_start(demo_dir, demo_data, tmp_path):
     """torchrun starts both workers; each checks the flags and exits with status 2 (a ConfigError)
     before any process group, model or data exists."""

@@ -10,6 +10,7 @@ model; and what LoRA refuses stops the launch with exit status 2, named."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from helpers.finetune_runs import copy_as_of, finetune, preprocess_demo, refused
 from helpers.paths import run_tool_in_process
 from helpers.tiny import make_hf_model
 from helpers.tiny_llama import make_hf_llama
+from helpers.wandb_history import offline_run
 
 from megatron.checkpoint.metadata import read_metadata
 from megatron.data.tokenizer import HFTokenizer
@@ -59,6 +61,9 @@ LAYOUTS = {
 }
 
 
+WANDB_RUN = ("bloom", "single")  # also logs to W&B, offline
+
+
 @pytest.fixture(scope="module")
 def runs(demo_dir, demo_data, bases, tmp_path_factory) -> dict[str, dict[str, Path]]:
     """family -> layout -> a 6-iteration LoRA run's folder (`save/`, `tb/`), checkpoints at 3 and 6,
@@ -70,9 +75,13 @@ def runs(demo_dir, demo_data, bases, tmp_path_factory) -> dict[str, dict[str, Pa
     for family, layouts in LAYOUTS.items():
         for name, (nprocs, extra) in layouts.items():
             out = root / family / name
-            finetune(nprocs, [*tiny_model_args(demo_dir, demo_data), *BASE, *LORA, "--train-iters", "6",
-                              "--load", bases[family], "--save", out / "save", "--save-interval", "3",
-                              "--tensorboard-dir", out / "tb", "--eval-tasks", tasks, *extra])
+            wandb = ["--wandb-project", "xp3-tests", "--wandb-exp-name", f"{family}-{name}", "--wandb-save-dir",
+                     out] if (family, name) == WANDB_RUN else []
+            result = finetune(nprocs, [*tiny_model_args(demo_dir, demo_data), *BASE, *LORA, "--train-iters", "6",
+                                       "--load", bases[family], "--save", out / "save", "--save-interval", "3",
+                                       "--tensorboard-dir", out / "tb", "--eval-tasks", tasks, *extra, *wandb],
+                              WANDB_MODE="offline", WANDB_SILENT="true")
+            (out / "stdout.txt").write_text(result.stdout)
             folders.setdefault(family, {})[name] = out
     return folders
 
@@ -156,6 +165,31 @@ def test_interrupted_lora_run_resumes_bit_for_bit(demo_dir, demo_data, runs, tmp
     for path in (whole / "save" / "global_step6").glob("layer_*-model_states.pt"):
         mine, theirs = torch.load(path), torch.load(tmp_path / "save" / "global_step6" / path.name)
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), path.name
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_wandb_offline_has_tensorboards_scalars_and_the_log_lines(runs):
+    """`--wandb-project` with WANDB_MODE=offline: the run's W&B history, read back from its file,
+    holds every TensorBoard scalar at every step (TensorBoard keeps float32), the log lines'
+    losses and learning rates as printed, and the run's config."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = runs[WANDB_RUN[0]][WANDB_RUN[1]]
+    history, config = offline_run(run)
+    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"lm loss", "grad-norm", "learning-rate", "lm-loss-validation/valid", "eval-tasks/average"} <= set(tags)
+    for tag in tags:
+        for event in events.Scalars(tag):
+            assert history[event.step][tag] == pytest.approx(event.value, rel=1e-6), (tag, event.step)
+    logged = re.findall(r"iteration +(\d+)/ +\d+ .*?learning rate ([\d.E+-]+) .*?lm loss ([\d.E+-]+)",
+                        (run / "stdout.txt").read_text())
+    assert len(logged) == 6
+    for step, lr, loss in logged:
+        assert f"{history[int(step)]['lm loss']:E}" == loss and f"{history[int(step)]['learning-rate']:.3E}" == lr
+    assert config["seed"] == 1234 and config["lora"]["rank"] == 3 and config["parallel"]["tensor"] == 1
 
 
 def test_lora_refusals(demo_dir, demo_data, bases, runs, tmp_path, capsys):
