@@ -28,7 +28,7 @@ from megatron.data.tokenizer import HFTokenizer
 from megatron.evaluation.examples import ExampleError, read_examples
 from megatron.models.spec import ModelSpec
 from megatron.train.arguments import parse_config
-from megatron.train.checkpointing import resume
+from megatron.train.checkpointing import resume, verified
 from megatron.train.config import TrainConfig
 from megatron.train.distributed import seed_everything, start_processes
 from megatron.train.engine import TrainingEngine, add_adapters, build_module, load_weights
@@ -121,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     par = train.parallel
     start_processes(par.tensor, par.pipeline, par.backend, par.timeout_minutes, world_size=par.world_size)
+    try:  # the checkpoint's checksums, each rank its share of the files
+        checked = verified(train, plan)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if checked != plan:
+        plan, lora = checked, lora_plan(train, spec, checked)
     progress = plan.progress or TrainingProgress()
     heartbeat = Heartbeat(lambda: progress.iteration)
     try:

@@ -31,6 +31,7 @@ setup(
         "safetensors>=0.4",
         "numpy>=1.26",
         "tqdm>=4.60",  # the conversions' progress bars
+        "xxhash>=3.0",  # checkpoint checksums
         "pybind11>=2.12",
     ],
     extras_require={

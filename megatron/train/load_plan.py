@@ -55,7 +55,26 @@ def plan_load(train: TrainConfig) -> LoadPlan:
         return LoadPlan("scratch")
     folder = Path(args.save if relaunch else args.load)
     flag = "--save" if relaunch else "--load"
-    tag = _complete_tag(folder, flag, train.checkpoint.fallback)
+    return _plan_at(train, folder, _complete_tag(folder, flag, train.checkpoint.fallback), relaunch)
+
+
+def fallback_plan(train: TrainConfig, plan: LoadPlan, issue: str) -> LoadPlan:
+    """The plan for the newest complete checkpoint before `plan`'s, whose `issue` (a damaged file,
+    found when it was about to load) stops the launch unless `--checkpoint-fallback`."""
+    relaunch = has_checkpoint(train.checkpoint.save) and Path(train.checkpoint.save) == plan.folder
+    flag = "--save" if relaunch else "--load"
+    if not train.checkpoint.fallback:
+        raise ConfigError(f"{flag} {plan.folder}: {issue}. Pass --checkpoint-fallback to start from the newest "
+                          "intact checkpoint before it")
+    previous = newest_complete_tag(plan.folder, plan.tag)
+    if previous is None:
+        raise ConfigError(f"{flag} {plan.folder}: {issue}, and no complete checkpoint precedes {plan.tag}")
+    return _plan_at(train, plan.folder, previous, relaunch)
+
+
+def _plan_at(train: TrainConfig, folder: Path, tag: str, relaunch: bool) -> LoadPlan:
+    """How to start from checkpoint `tag` of `folder` (`plan_load`'s rules)."""
+    args = train.checkpoint
     if train.lora is not None and not relaunch and _is_model(folder):  # LoRA's frozen base: its weights
         return LoadPlan("weights", folder, tag)
     progress_file = folder / tag / PROGRESS_FILE

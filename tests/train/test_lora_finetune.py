@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from helpers.finetune_runs import copy_as_of, finetune, preprocess_demo, refused_before_start, scalars, tiny_model_args
+from helpers.finetune_runs import finetune, preprocess_demo, refused_before_start, scalars, tiny_model_args
 from helpers.paths import run_tool_in_process
 from helpers.tiny import make_hf_model
 from helpers.tiny_llama import make_hf_llama
@@ -146,16 +147,28 @@ def test_checkpoints_hold_the_adapters_alone(runs, bases, family, layout):
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
-def test_interrupted_lora_run_resumes_bit_for_bit(demo_dir, demo_data, runs, tmp_path):
-    """TP2 with recomputation: a relaunch from the checkpoint of iteration 3 (the base from the base checkpoint, the
-    adapters and their Adam state from ours) gives iterations 4..6 of the uninterrupted run bit
-    for bit, and the same adapters; with `--save-retain 1` it deletes the checkpoint it resumed
-    from once its own is complete."""
+def test_interrupted_lora_run_resumes_bit_for_bit_past_a_damaged_checkpoint(demo_dir, demo_data, runs, tmp_path):
+    """TP2 with recomputation, relaunched on the run's folder with one bit flipped in the
+    checkpoint of iteration 6 (its size unchanged): the launch stops naming the file (its xxh3
+    checksum), and with --checkpoint-fallback resumes from iteration 3 (the base from the base
+    checkpoint, the adapters and their Adam state from ours), giving iterations 4..6 of the
+    uninterrupted run bit for bit, and the same adapters; with `--save-retain 1` it deletes the
+    checkpoint it resumed from once its own is complete."""
     whole = runs["llama"]["tp2"]
-    copy_as_of(whole / "save", "global_step3", tmp_path / "save")
-    second = finetune(2, [*tiny_model_args(demo_dir, demo_data), *BASE, *LORA, "--train-iters", "6",
-                          "--load", "unused-on-relaunch", "--save", tmp_path / "save", "--save-interval", "3",
-                          "--save-retain", "1", "--tensorboard-dir", tmp_path / "tb", *LAYOUTS["llama"]["tp2"][1]])
+    shutil.copytree(whole / "save", tmp_path / "save")
+    damaged = sorted((tmp_path / "save" / "global_step6").glob("*optim_states.pt"))[-1]  # TP rank 1's
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    args = [*tiny_model_args(demo_dir, demo_data), *BASE, *LORA, "--train-iters", "6", "--load", "unused-on-relaunch",
+            "--save", tmp_path / "save", "--save-interval", "3", "--save-retain", "1", "--tensorboard-dir",
+            tmp_path / "tb", *LAYOUTS["llama"]["tp2"][1]]
+    refused = finetune(2, args, check=False)
+    assert refused.returncode != 0 and "exitcode  : 2" in refused.stderr
+    assert f"{damaged} is damaged: its xxh3 checksum is" in refused.stderr
+    assert "--checkpoint-fallback" in refused.stderr and "training from" not in refused.stdout
+    second = finetune(2, [*args, "--checkpoint-fallback"])
+    assert f"{damaged} is damaged" in second.stdout and "falling back to global_step3" in second.stdout
     assert "training from iteration 3 to 6" in second.stdout
     # --save-retain 1: the checkpoint resumed from goes once the next one is complete and named
     assert f"deleted checkpoint {tmp_path / 'save' / 'global_step3'} (--save-retain 1)" in second.stdout
