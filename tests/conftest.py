@@ -41,3 +41,12 @@ def demo_dir(tmp_path_factory) -> Path:
     texts = (line for line in (out / "train.jsonl").read_text(encoding="utf-8").splitlines())
     train_bpe_tokenizer(texts, out / "tokenizer", vocab_size=1024)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_data(demo_dir, tmp_path_factory) -> dict[str, Path]:
+    """The demo corpus preprocessed as the demo does it, once per session, for every test that
+    finetunes on it (its index caches beside it, shared too)."""
+    from helpers.finetune_runs import preprocess_demo
+
+    return preprocess_demo(demo_dir, tmp_path_factory.mktemp("demo_data"))

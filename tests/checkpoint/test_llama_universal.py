@@ -9,7 +9,7 @@ and gate/up biases split, the row-parallel biases replicated)."""
 from __future__ import annotations
 
 import pytest
-from helpers.finetune_runs import finetune, preprocess_demo, scalars, tiny_model_args
+from helpers.finetune_runs import finetune, scalars, tiny_model_args
 from helpers.paths import run_tool
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
@@ -21,11 +21,11 @@ LLAMA = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4
 
 
 @pytest.fixture(scope="module")
-def runs(demo_dir, tmp_path_factory):
+def runs(demo_dir, demo_data, tmp_path_factory):
     """tied or untied -> (its flags, the TP2 x PP2 run folder with `latest_universal` at step 4,
     its TensorBoard folder); each made on first use."""
     root = tmp_path_factory.mktemp("llama_universal")
-    data = preprocess_demo(demo_dir, root / "data")
+    data = demo_data
     made = {}
 
     def get(kind: str):

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from helpers.distributed import free_port, gloo_world
-from helpers.finetune_runs import final_weights, finetune, preprocess_demo, tiny_model_args
+from helpers.finetune_runs import final_weights, finetune, tiny_model_args
 from helpers.parity import build_from_hf
 from helpers.paths import REPO, run_tool_in_process
 from helpers.tiny import VOCAB, make_hf_model
@@ -221,13 +221,12 @@ def test_evaluate_scores_a_lora_checkpoint_as_its_merged_model(setup, demo_dir, 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_finetune_continues_imported_adapters_on_the_converted_base(setup, demo_dir, tmp_path):
+def test_finetune_continues_imported_adapters_on_the_converted_base(setup, demo_dir, demo_data, tmp_path):
     """`finetune_xp3.py --load BASE --lora-load IMPORTED`: at lr 0 the adapters it saves are the
     imported ones and its checkpoint records the base; with PEFT's own A per projection (q and v
     without k), training (TP2) keeps them so: B stays zero outside each row's own projection and
     k's A slice zero, and the export is a PEFT adapter of the original's keys, trained."""
-    data = preprocess_demo(demo_dir, tmp_path)
-    common = [*tiny_model_args(demo_dir, data), "--micro-batch-size", "2", "--global-batch-size", "2",
+    common = [*tiny_model_args(demo_dir, demo_data), "--micro-batch-size", "2", "--global-batch-size", "2",
               "--train-iters", "2", "--eval-iters", "0", "--attention-backend", "reference"]
     f = setup["bloom"]
     finetune(1, [*common, "--lr", "0", "--min-lr", "0", "--load", f["base"], "--lora-load", f["tp1"],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.finetune_runs import (adam_steps, copy_as_of, finetune, preprocess_demo, refused_before_start, scalars,
+from helpers.finetune_runs import (adam_steps, copy_as_of, finetune, refused_before_start, scalars,
                                    tiny_model_args)
 from helpers.paths import run_tool
 
@@ -27,11 +27,11 @@ TO_UNIVERSAL = "convert_checkpoint/to_universal.py"
 
 
 @pytest.fixture(scope="module")
-def whole(demo_dir, tmp_path_factory) -> dict:
+def whole(demo_dir, demo_data, tmp_path_factory) -> dict:
     """TP2 x PP2 (ZeRO-1, fp32, dropout 0, clipping active) for 8 iterations, saving at 4 and 8,
     and its checkpoint of iteration 4 made universal."""
     root = tmp_path_factory.mktemp("universal")
-    data = preprocess_demo(demo_dir, root / "data")
+    data = demo_data
     args = [*tiny_model_args(demo_dir, data), "--micro-batch-size", "2", "--global-batch-size", "8", "--lr", "2e-3",
             "--lr-warmup-iters", "2", "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
             "--hidden-dropout", "0", "--attention-dropout", "0", "--clip-grad", "0.3", "--eval-iters", "0",

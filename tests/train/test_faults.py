@@ -14,14 +14,9 @@ from pathlib import Path
 
 import pytest
 from helpers.paths import REPO
-from helpers.finetune_runs import finetune, finetune_process, preprocess_demo, scalars, tiny_model_args
+from helpers.finetune_runs import finetune, finetune_process, scalars, tiny_model_args
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def demo_data(demo_dir, tmp_path_factory) -> dict[str, Path]:
-    return preprocess_demo(demo_dir, tmp_path_factory.mktemp("fault_data"))
 
 
 def _args(demo_dir, demo_data, iters: int) -> list[str]:

@@ -13,18 +13,13 @@ import pytest
 import torch
 from helpers.paths import run_tool
 from helpers.tiny import sharpen_attention
-from helpers.finetune_runs import copy_as_of, final_weights, finetune, preprocess_demo, scalars, tiny_model_args
+from helpers.finetune_runs import copy_as_of, final_weights, finetune, scalars, tiny_model_args
 from transformers import BloomConfig, BloomForCausalLM
 
 from megatron.data.tokenizer import HFTokenizer
 from megatron.train.arguments import parse_config
 from megatron.train.errors import ConfigError
 from megatron.train.lr_schedule import LRSchedule
-
-
-@pytest.fixture(scope="module")
-def demo_data(demo_dir, tmp_path_factory) -> dict[str, Path]:
-    return preprocess_demo(demo_dir, tmp_path_factory.mktemp("demo_data"))
 
 
 @pytest.fixture(scope="module")

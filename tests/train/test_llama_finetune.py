@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.finetune_runs import (copy_as_of, final_weights, finetune, preprocess_demo, refused_before_start, scalars,
+from helpers.finetune_runs import (copy_as_of, final_weights, finetune, refused_before_start, scalars,
                                    tiny_model_args)
 from helpers.paths import run_tool_in_process
 from helpers.tiny_llama import make_hf_llama
@@ -30,11 +30,6 @@ BASE = ["--micro-batch-size", "2", "--global-batch-size", "8", "--lr", "2e-3", "
         "--lr-decay-style", "cosine", "--min-lr", "1e-4", "--attention-backend", "reference",
         "--lm-head-loss", "reference", "--no-bias-dropout-fusion"]
 TP2, PP2 = ["--tensor-model-parallel-size", "2"], ["--pipeline-model-parallel-size", "2"]
-
-
-@pytest.fixture(scope="module")
-def demo_data(demo_dir, tmp_path_factory) -> dict[str, Path]:
-    return preprocess_demo(demo_dir, tmp_path_factory.mktemp("llama_demo_data"))
 
 
 @pytest.fixture(scope="module")

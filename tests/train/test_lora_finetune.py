@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.finetune_runs import finetune, preprocess_demo, refused_before_start, scalars, tiny_model_args
+from helpers.finetune_runs import finetune, refused_before_start, scalars, tiny_model_args
 from helpers.paths import run_tool_in_process
 from helpers.tiny import make_hf_model
 from helpers.tiny_llama import make_hf_llama
@@ -33,11 +33,6 @@ BASE = ["--micro-batch-size", "2", "--global-batch-size", "8", "--lr", "2e-2", "
         "--eval-interval", "100"]
 LORA = ["--lora-rank", "3", "--lora-alpha", "6"]
 TP2 = ["--tensor-model-parallel-size", "2"]
-
-
-@pytest.fixture(scope="module")
-def demo_data(demo_dir, tmp_path_factory) -> dict[str, Path]:
-    return preprocess_demo(demo_dir, tmp_path_factory.mktemp("lora_demo_data"))
 
 
 @pytest.fixture(scope="module")

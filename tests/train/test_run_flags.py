@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.finetune_runs import adam_steps, copy_as_of, finetune, preprocess_demo, scalars, tiny_model_args
+from helpers.finetune_runs import adam_steps, copy_as_of, finetune, scalars, tiny_model_args
 
 from megatron.data.mtf_datasets import build_group
 from megatron.data.tokenizer import HFTokenizer
@@ -21,11 +21,6 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 MODEL = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--hidden-dropout", "0",
          "--attention-dropout", "0", "--micro-batch-size", "2", "--global-batch-size", "8", "--lr", "2e-3",
          "--lr-warmup-iters", "2", "--lr-decay-style", "constant", "--eval-iters", "1", "--eval-interval", "2"]
-
-
-@pytest.fixture(scope="module")
-def demo_data(demo_dir, tmp_path_factory) -> dict[str, Path]:
-    return preprocess_demo(demo_dir, tmp_path_factory.mktemp("flag_data"))
 
 
 def _args(demo_dir: Path, demo_data: dict[str, Path]) -> list[str]:
