@@ -3,7 +3,7 @@
 family: Llama 3.x, Qwen2.5, Mistral) with tensor (Megatron), pipeline (DeepSpeed PipelineModule)
 and data (ZeRO) parallelism. The family comes from `--load`'s checkpoint, or for a random model
 from Megatron's architecture flags. Launch with `torchrun` or the `deepspeed` launcher; gloo on
-CPU, NCCL on GPUs. Flags are Megatron's (see the README):
+CPU, NCCL on GPUs. Flags are Megatron's (docs/finetuning.md):
 
     torchrun --nproc-per-node 2 finetune_xp3.py --tensor-model-parallel-size 2 \\
         --load checkpoints/bloom-560m-tp2 --save checkpoints/bloomz-560m \\

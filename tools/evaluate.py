@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Zero-shot accuracy of a model on prompted multiple-choice examples (`tools/make_eval_prompts.py`)
 by rank classification, as the BLOOMZ paper reports it: the median over prompts per dataset and
-language, the mean over languages, BLOOM's seen and unseen languages apart (README, "Evaluation").
+language, the mean over languages, BLOOM's seen and unseen languages apart (docs/evaluation.md).
 
 One of our checkpoints, at the TP x PP the flags give, data-parallel over the examples:
 
