@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from pathlib import Path
 
 import torch.distributed as dist
 from megatron.core import parallel_state
@@ -28,13 +29,13 @@ from megatron.data.tokenizer import HFTokenizer
 from megatron.evaluation.examples import ExampleError, read_examples
 from megatron.models.spec import ModelSpec
 from megatron.train.arguments import parse_config
-from megatron.train.checkpointing import resume, verified
+from megatron.train.checkpointing import SaveFailed, free_bytes, resume, verified
 from megatron.train.config import TrainConfig
 from megatron.train.distributed import seed_everything, start_processes
 from megatron.train.engine import TrainingEngine, add_adapters, build_module, load_weights
 from megatron.train.errors import ConfigError
 from megatron.train.heartbeat import Heartbeat
-from megatron.train.launch_plan import describe
+from megatron.train.launch_plan import checkpoint_bytes, describe
 from megatron.train.load_plan import LoadPlan, model_spec, plan_load, run_metadata
 from megatron.train.lora_plan import LoraPlan, lora_plan
 from megatron.train.loop import NonFiniteLoss, Trainer, log
@@ -100,11 +101,18 @@ def train_from(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, lora: LoraPl
     valid_data = {group.name: build_group(group, packing, eval_samples, tokenizer.pad, train.data.cache_path)
                   for group in train.data.valid} if train.logging.eval_iters > 0 else {}
 
+    if train.checkpoint.save and dist.get_rank() == 0:
+        need, free = checkpoint_bytes(train, spec, config, meta.lora), free_bytes(Path(train.checkpoint.save))
+        if free < need:
+            print(f"warning: {train.checkpoint.save} has {free / 2**30:.2f} GiB free, less than one checkpoint "
+                  f"(about {need / 2**30:.2f} GiB, the dry run's estimate)", flush=True)
     trainer = Trainer(train, engine, train_data, valid_data, progress, meta, tasks)
     try:
         trainer.run()
     except NonFiniteLoss as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except SaveFailed:  # reported by the rank that hit it; nothing half-written left
         return 1
     dist.barrier()
     return 0

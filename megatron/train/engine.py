@@ -198,20 +198,31 @@ class TrainingEngine:
         norm = self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
 
-    def save(self, folder: Path, tag: str, client_state: dict) -> None:
+    def save(self, folder: Path, tag: str, client_state: dict) -> Exception | None:
         """DeepSpeed's files of tag `tag` (model, optimizer, `client_state`), and for the whole
         model the layer files the pipeline writes itself, so every checkpoint has the same
-        layout for conversion and weights-only loading; with LoRA, the adapters' tensors alone."""
-        self.engine.save_checkpoint(str(folder), tag=tag, client_state=client_state, save_latest=False,
-                                    exclude_frozen_parameters=self.adapters_only)
+        layout for conversion and weights-only loading; with LoRA, the adapters' tensors alone.
+        A write that fails (a full disk) is returned, not raised, once this rank has met the
+        barrier DeepSpeed's save ends with, so that every rank goes on to hear of it
+        (`checkpointing.save_checkpoint`)."""
+        try:
+            self.engine.save_checkpoint(str(folder), tag=tag, client_state=client_state, save_latest=False,
+                                        exclude_frozen_parameters=self.adapters_only)
+        except (OSError, RuntimeError) as error:  # torch's zip writer raises RuntimeError on a full disk
+            dist.barrier()  # the one the other ranks wait in at the end of DeepSpeed's save
+            return error
         if self.is_pipeline:
-            return
+            return None
         model = self.engine.module.model
         zero3 = self.train.parallel.zero_stage == 3
         with deepspeed.zero.GatheredParameters(list(model.parameters()), enabled=zero3):
             if parallel_state.get_data_parallel_rank() == 0:
-                save_model_layers(model, folder / tag, self.spec.adapter,
-                                  parallel_state.get_tensor_model_parallel_rank(), self.adapters_only)
+                try:
+                    save_model_layers(model, folder / tag, self.spec.adapter,
+                                      parallel_state.get_tensor_model_parallel_rank(), self.adapters_only)
+                except (OSError, RuntimeError) as error:
+                    return error
+        return None
 
     def load(self, folder: Path, tag: str) -> dict:
         """Weights and optimizer states of a training checkpoint; its client state."""

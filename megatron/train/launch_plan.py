@@ -134,6 +134,19 @@ def _stage(train: TrainConfig, spec: ModelSpec, config, lora: LoraConfig | None,
     return Stage(index, embedding, blocks, final_norm, lm_head, parameters, adapters, memory)
 
 
+def checkpoint_bytes(train: TrainConfig, spec: ModelSpec, config, lora: LoraConfig | None = None) -> float:
+    """About what one training checkpoint takes on disk: each trained parameter's weight (in the
+    run's precision) and Adam's fp32 master copy and two moments (12 bytes); with LoRA the
+    adapters alone (the frozen model is not saved)."""
+    tied = config.tie_word_embeddings
+    if lora is not None:
+        trained = config.num_layers * adapter_parameters(spec, config, lora, 1)
+    else:
+        trained = sum(spec.adapter.layer_parameters(config, spec.adapter.layer_kind(layer, config.num_layers, tied), 1)
+                      for layer in spec.adapter.parameter_layers(config.num_layers, tied))
+    return trained * ((2 if train.precision in ("fp16", "bf16") else 4) + 12)
+
+
 def data_summary(group: DataGroup) -> str:
     """`NAME: N datasets, M pairs`, every dataset opened (a missing or damaged file stops here)."""
     pairs = 0
@@ -215,6 +228,8 @@ def describe(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, config, lora: 
     peak = max(rows, key=lambda r: sum(r.memory.values()))
     lines.append(f"peak estimate: {sum(peak.memory.values()) / GIB:.2f} GiB on stage {peak.index}, plus "
                  "CUDA context, communication buffers and fragmentation (keep 10-15% of the GPU free)")
+    lines.append(f"a checkpoint: about {checkpoint_bytes(train, spec, config, lora) / GIB:.2f} GiB on disk "
+                 "(weights and Adam states of what trains)")
     return "\n".join(lines)
 
 

@@ -44,7 +44,9 @@ def tiny_model_args(demo_dir: Path, data: dict[str, Path], seq_length: int = 64)
 FINETUNE = REPO / "finetune_xp3.py"
 
 
-def _command(nprocs: int, args: list, script: Path = FINETUNE, **env_vars: str) -> tuple[list[str], dict[str, str]]:
+def launch_command(nprocs: int, args: list, script: Path = FINETUNE,
+                   **env_vars: str) -> tuple[list[str], dict[str, str]]:
+    """The torchrun command line of a run and its environment."""
     env = dict(os.environ, DS_ACCELERATOR="cuda" if torch.cuda.is_available() else "cpu", PYTHONWARNINGS="ignore",
                OMP_NUM_THREADS="1",
                TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions")),
@@ -115,7 +117,7 @@ class RunningFinetune:
 def finetune_process(nprocs: int, args: list):
     """A running finetune (torchrun and its workers), stdout and stderr merged; killed if still
     running when the block ends."""
-    command, env = _command(nprocs, args)
+    command, env = launch_command(nprocs, args)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                cwd=REPO, env=env)
     try:
@@ -129,7 +131,7 @@ def finetune_process(nprocs: int, args: list):
 def finetune(nprocs: int, args: list, check: bool = True, timeout: float = 600, script: Path = FINETUNE,
              **env_vars: str) -> subprocess.CompletedProcess:
     """A finetune run to its end; `script` and `env_vars` run a test's variant of finetune_xp3.py."""
-    command, env = _command(nprocs, args, script, **env_vars)
+    command, env = launch_command(nprocs, args, script, **env_vars)
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"finetune_xp3.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n"

@@ -15,10 +15,10 @@ import megatron.train.checkpointing as checkpointing  # noqa: E402
 write_manifest = checkpointing.write_manifest
 
 
-def killed_before_the_manifest(tag_dir: Path) -> None:
+def killed_before_the_manifest(tag_dir: Path, checksums: dict[str, str] | None = None) -> None:
     if tag_dir.name == f"global_step{os.environ['KILL_AT_SAVE']}":
         os.kill(os.getpid(), signal.SIGKILL)
-    write_manifest(tag_dir)
+    write_manifest(tag_dir, checksums)
 
 
 checkpointing.write_manifest = killed_before_the_manifest

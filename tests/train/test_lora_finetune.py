@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from helpers.finetune_runs import finetune, refused_before_start, scalars, tiny_model_args
+from helpers.finetune_runs import finetune, launch_command, refused_before_start, scalars, tiny_model_args
 from helpers.paths import run_tool_in_process
 from helpers.tiny import make_hf_model
 from helpers.tiny_llama import make_hf_llama
@@ -173,6 +175,63 @@ def test_interrupted_lora_run_resumes_bit_for_bit_past_a_damaged_checkpoint(demo
     for path in (whole / "save" / "global_step6").glob("layer_*-model_states.pt"):
         mine, theirs = torch.load(path), torch.load(tmp_path / "save" / "global_step6" / path.name)
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), path.name
+
+
+def _small_filesystem_works() -> bool:
+    """Whether this machine lets a test mount a tmpfs in a user + mount namespace (no root)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                            "mount -t tmpfs -o size=1m tmpfs /mnt 2>/dev/null || mount -t tmpfs -o size=1m tmpfs /tmp"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_a_full_disk_is_named_once_nothing_is_left_and_the_same_command_resumes(demo_dir, demo_data, bases, runs,
+                                                                                   tmp_path):
+    """TP2 with --save on a filesystem the test makes (a tmpfs in a user + mount namespace) that
+    holds the checkpoint of iteration 3 but not that of 6 as well: the run stops (non-zero), one
+    rank says "no space left on SAVE while saving global_step6 (free X GiB; the last checkpoint
+    took Y GiB)", no `global_step6` stays behind, `latest` still names global_step3; after the
+    filesystem is grown, the same command resumes onto the uninterrupted run's curve."""
+    if not _small_filesystem_works():
+        pytest.skip("this machine lets no user namespace mount a tmpfs: no small filesystem to fill")
+    whole = runs["llama"]["tp2"]
+    one = sum(p.stat().st_size for p in (whole / "save" / "global_step3").iterdir())
+    size = int(one * 1.6) // 4096 * 4096 + 8 * 4096  # room for one checkpoint (and the pointers), not two
+    save = tmp_path / "save"
+    save.mkdir()
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps(e) + "\n" for e in list(generate_choice_examples(1, seed=11))[::3]))
+    args = [*tiny_model_args(demo_dir, demo_data), *BASE, *LORA, "--train-iters", "6", "--load", bases["llama"],
+            "--save", save, "--save-interval", "3", "--eval-tasks", tasks, *LAYOUTS["llama"]["tp2"][1]]
+    first, env = launch_command(2, [*args, "--tensorboard-dir", tmp_path / "tb_first"])
+    second, _ = launch_command(2, [*args, "--tensorboard-dir", tmp_path / "tb_second"])
+    out = tmp_path / "out"
+    out.mkdir()
+    script = f"""
+mount -t tmpfs -o size={size} tmpfs {save}
+{shlex.join(first)} > {out}/first.txt 2>&1; echo $? > {out}/first.status
+ls {save} > {out}/first.ls; cat {save}/latest > {out}/first.latest
+mount -o remount,size=64m {save}
+{shlex.join(second)} > {out}/second.txt 2>&1; echo $? > {out}/second.status
+"""
+    subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", "-c", script], env=env, check=True,
+                   timeout=900)
+    first_output = (out / "first.txt").read_text()
+    assert (out / "first.status").read_text().strip() != "0", first_output[-3000:]
+    message = f"error: no space left on {save} while saving global_step6 (free "
+    assert first_output.count(message) == 1, first_output[-3000:]
+    assert re.search(r"the last checkpoint took \d+\.\d\d GiB\)", first_output)
+    assert "global_step6" not in (out / "first.ls").read_text().split()
+    assert (out / "first.latest").read_text() == "global_step3"
+    second_output = (out / "second.txt").read_text()
+    assert (out / "second.status").read_text().strip() == "0", second_output[-3000:]
+    assert "training from iteration 3 to 6" in second_output
+    before, after = scalars(whole / "tb", "lm loss"), scalars(tmp_path / "tb_second", "lm loss")
+    assert sorted(after) == [4, 5, 6] and all(after[i] == before[i] for i in (4, 5, 6))
 
 
 @pytest.mark.multiprocess
