@@ -182,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--lora-alpha", type=float, default=None, help="scaling alpha / r (default: alpha = r)")
     lora.add_argument("--lora-dropout", type=float, default=None, help="dropout on the adapters' input (default 0)")
     lora.add_argument("--lora-target", nargs="+", default=None, metavar="MODULE",
-                      help="the family's linear layers to adapt, by name (BLOOM and the Llama family: "
-                           "query_key_value dense dense_h_to_4h dense_4h_to_h, the default: all of them)")
+                      help="the linear layers of the family's blocks to adapt, by name (query_key_value dense "
+                           "dense_h_to_4h dense_4h_to_h; the default: all of them)")
     lora.add_argument("--lora-rslora", action="store_true", default=None,
                       help="rank-stabilised scaling alpha / sqrt(r)")
     lora.add_argument("--lora-load", default=None, metavar="DIR",

@@ -134,16 +134,23 @@ def _stage(train: TrainConfig, spec: ModelSpec, config, lora: LoraConfig | None,
     return Stage(index, embedding, blocks, final_norm, lm_head, parameters, adapters, memory)
 
 
+def model_parameters(spec: ModelSpec, config) -> int:
+    """The model's parameters, whole (a tied LM head counted once)."""
+    tied = config.tie_word_embeddings
+    return sum(spec.adapter.layer_parameters(config, spec.adapter.layer_kind(layer, config.num_layers, tied), 1)
+               for layer in spec.adapter.parameter_layers(config.num_layers, tied))
+
+
+def lora_parameters(spec: ModelSpec, config, lora: LoraConfig) -> int:
+    """LoRA's parameters in the whole model."""
+    return config.num_layers * adapter_parameters(spec, config, lora, 1)
+
+
 def checkpoint_bytes(train: TrainConfig, spec: ModelSpec, config, lora: LoraConfig | None = None) -> float:
     """About what one training checkpoint takes on disk: each trained parameter's weight (in the
     run's precision) and Adam's fp32 master copy and two moments (12 bytes); with LoRA the
     adapters alone (the frozen model is not saved)."""
-    tied = config.tie_word_embeddings
-    if lora is not None:
-        trained = config.num_layers * adapter_parameters(spec, config, lora, 1)
-    else:
-        trained = sum(spec.adapter.layer_parameters(config, spec.adapter.layer_kind(layer, config.num_layers, tied), 1)
-                      for layer in spec.adapter.parameter_layers(config.num_layers, tied))
+    trained = lora_parameters(spec, config, lora) if lora is not None else model_parameters(spec, config)
     return trained * ((2 if train.precision in ("fp16", "bf16") else 4) + 12)
 
 
@@ -176,7 +183,7 @@ def _fusions(config) -> str:
 
 def _lora(spec: ModelSpec, config, lora: LoraConfig, total: int) -> str:
     """The LoRA settings and the adapters' parameters, whole."""
-    adapters = config.num_layers * adapter_parameters(spec, config, lora, 1)
+    adapters = lora_parameters(spec, config, lora)
     scaling = f"alpha/sqrt(r) = {lora.scaling:g}, rsLoRA" if lora.rslora else f"alpha/r = {lora.scaling:g}"
     return (f"LoRA: rank {lora.rank}, alpha {lora.alpha:g} (scaling {scaling}), dropout {lora.dropout:g}, targets "
             f"{' '.join(lora.targets)}: {adapters:,} adapter parameters ({adapters / total:.3%} of the model's), "
@@ -187,8 +194,7 @@ def describe(train: TrainConfig, spec: ModelSpec, plan: LoadPlan, config, lora: 
     """The dry run's report; `lora`: the run's adapters (None: full finetuning)."""
     par, batch = train.parallel, train.batch
     tied = config.tie_word_embeddings
-    total = sum(spec.adapter.layer_parameters(config, spec.adapter.layer_kind(layer, config.num_layers, tied), 1)
-                for layer in spec.adapter.parameter_layers(config.num_layers, tied))
+    total = model_parameters(spec, config)
     kv_heads = config.num_kv_heads
     start = {"scratch": "random initialisation (no checkpoint in --save or --load)",
              "weights": f"the weights of {plan.folder}/{plan.tag} (fresh optimizer)",
