@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import torch.distributed as dist
-from megatron.core import parallel_state
 
 from megatron.checkpoint.layer_files import CheckpointReader
 from megatron.checkpoint.metadata import CheckpointMetadata
@@ -41,6 +40,7 @@ from megatron.train.lora_plan import LoraPlan, lora_plan
 from megatron.train.loop import NonFiniteLoss, Trainer, log
 from megatron.train.progress import TrainingProgress
 from megatron.train.task_eval import ZeroShotTasks
+from megatron.utils.megatron_core import parallel_state
 
 
 def prepare(argv: list[str] | None) -> tuple[TrainConfig, ModelSpec, LoadPlan, LoraPlan | None, CheckpointMetadata,

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
+
+from megatron.utils.megatron_core import parallel_state
 
 CHUNK_BYTES = 2**30  # fp32 logits of one chunk: 1 GiB (about 1,000 tokens of a 250k vocabulary)
 

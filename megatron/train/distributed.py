@@ -12,10 +12,10 @@ from datetime import timedelta
 import numpy as np
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
 
 from megatron.models.common.tp_random import tensor_parallel_rng
 from megatron.train.errors import ConfigError
+from megatron.utils.megatron_core import parallel_state
 
 
 def default_backend() -> str:

@@ -13,7 +13,6 @@ import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
 from torch import nn
 
 from megatron.checkpoint.layer_files import save_model_layers
@@ -27,6 +26,7 @@ from megatron.train.data_iterators import pipeline_micro_batch, to_device
 from megatron.train.deepspeed_config import deepspeed_config
 from megatron.train.distributed import DeepSpeedMPU, collective_device
 from megatron.train.task_eval import ZeroShotTasks, score_pairs
+from megatron.utils.megatron_core import parallel_state
 
 
 class ModelWithLoss(nn.Module):

@@ -17,7 +17,6 @@ import time
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
 
 from megatron.checkpoint.metadata import CheckpointMetadata
 from megatron.train.checkpointing import save_checkpoint
@@ -29,6 +28,7 @@ from megatron.train.lr_schedule import LRSchedule
 from megatron.train.metrics import ScalarLog, TensorBoard, WandB, memory_gib, peak_tflops
 from megatron.train.progress import TrainingProgress
 from megatron.train.task_eval import ZeroShotTasks
+from megatron.utils.megatron_core import parallel_state
 
 
 class NonFiniteLoss(RuntimeError):

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from deepspeed.runtime.pipe.engine import PipelineEngine
-from megatron.core import parallel_state
 from tqdm import tqdm
 
 from megatron.evaluation.accuracy import accuracy_report, predictions
@@ -22,6 +21,7 @@ from megatron.evaluation.choice_rows import ChoiceRows, encode_choices
 from megatron.evaluation.examples import ChoiceExample
 from megatron.train.data_iterators import pipeline_micro_batch, to_device
 from megatron.train.distributed import collective_device
+from megatron.utils.megatron_core import parallel_state
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ from helpers.parity import build_from_hf
 from helpers.paths import REPO, run_tool_in_process
 from helpers.tiny import VOCAB, make_hf_model
 from helpers.tiny_llama import make_hf_llama
-from megatron.core import parallel_state
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
@@ -38,6 +37,7 @@ from megatron.data.tokenizer import HFTokenizer
 from megatron.models import get_model_spec
 from megatron.models.common import lora as lora_module
 from megatron.train.engine import ModelWithLoss, add_adapters
+from megatron.utils.megatron_core import parallel_state
 
 TO_MEGATRON = "convert_checkpoint/hf_to_megatron.py"
 TO_HF = "convert_checkpoint/megatron_to_hf.py"

@@ -8,7 +8,6 @@ import torch
 from helpers.distributed import gloo_world
 from helpers.parity import against_hf, build_from_hf, packed_batch  # noqa: F401  (packed_batch: the tests' packed row)
 from helpers.tiny import VOCAB
-from megatron.core import parallel_state
 from transformers import BloomForCausalLM
 
 from megatron.checkpoint.hf_reader import HFCheckpoint
@@ -18,6 +17,7 @@ from megatron.models import get_model_spec
 from megatron.models.bloom.model import BloomModel
 from megatron.models.common.parallel_config import model_parallel_config
 from megatron.train.distributed import initialize_parallel
+from megatron.utils.megatron_core import parallel_state
 
 SPEC = get_model_spec()
 ADAPTER = SPEC.adapter

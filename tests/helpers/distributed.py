@@ -7,7 +7,8 @@ import os
 import socket
 
 import torch.distributed as dist
-from megatron.core import parallel_state
+
+from megatron.utils.megatron_core import parallel_state
 
 
 def free_port() -> int:

@@ -8,10 +8,10 @@ import torch
 from helpers.distributed import gloo_world
 from helpers.parity import against_hf, build_from_hf
 from helpers.tiny import VOCAB
-from megatron.core import parallel_state
 from transformers import AutoModelForCausalLM
 
 from megatron.models import get_model_spec
+from megatron.utils.megatron_core import parallel_state
 
 SPEC = get_model_spec("llama")
 ADAPTER = SPEC.adapter

@@ -12,12 +12,12 @@ import torch.distributed as dist
 import dataclasses
 
 from helpers.tiny import VOCAB
-from megatron.core import parallel_state
 
 from megatron.checkpoint.hf_reader import HFCheckpoint
 from megatron.checkpoint.loading import load_layers_into_model
 from megatron.models.common.parallel_config import model_parallel_config
 from megatron.train.distributed import initialize_parallel
+from megatron.utils.megatron_core import parallel_state
 
 
 def packed_batch(seed: int = 1) -> tuple[dict[str, torch.Tensor], list[tuple[int, int]]]:

@@ -11,7 +11,6 @@ import torch.multiprocessing as mp
 from helpers.bloom_workers import packed_batch
 from helpers.compilation import compiled_frames, fresh_compilation
 from helpers.distributed import gloo_world
-from megatron.core import parallel_state
 from helpers.distributed import free_port
 
 from megatron.models.common.loss import loss_weights
@@ -25,6 +24,7 @@ from helpers.tiny import tiny_config
 from megatron.models.common.lm_head import lm_logits
 from megatron.models.common.parallel_config import model_parallel_config
 from megatron.train.distributed import initialize_parallel
+from megatron.utils.megatron_core import parallel_state
 
 VOCAB, HIDDEN = 256, 32
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

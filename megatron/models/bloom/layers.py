@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from megatron.core import parallel_state, tensor_parallel
-from megatron.core.model_parallel_config import ModelParallelConfig
 from torch import nn
 
 from megatron.kernels.fused_bias import bias_dropout_add, bias_gelu, fused
@@ -28,6 +26,7 @@ from megatron.models.common.attention import get_backend
 from megatron.models.common.extra_state import without_extra_state
 from megatron.models.common.initializers import normal_init, output_init
 from megatron.models.common.tp_random import tensor_parallel_rng
+from megatron.utils.megatron_core import ModelParallelConfig, parallel_state, tensor_parallel
 
 
 class WordEmbeddings(tensor_parallel.VocabParallelEmbedding):

@@ -5,11 +5,11 @@ LayerNorm, blocks, final LayerNorm, LM head tied to the embeddings, and its pack
 from __future__ import annotations
 
 import torch
-from megatron.core.model_parallel_config import ModelParallelConfig
 
 from megatron.models.bloom.config import BloomModelConfig
 from megatron.models.bloom.layers import BloomBlock, WordEmbeddings, final_layernorm
 from megatron.models.common.decoder import DecoderModel
+from megatron.utils.megatron_core import ModelParallelConfig
 
 
 class BloomModel(DecoderModel):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 
 from deepspeed.pipe import LayerSpec, TiedLayerSpec
-from megatron.core.model_parallel_config import ModelParallelConfig
 from torch import nn
 
 from megatron.models.bloom import state_dict_adapter
@@ -27,6 +26,7 @@ from megatron.models.common import pipeline as common
 from megatron.models.common.pipeline import (TIED_EMBEDDING, BlockPipe, EmbeddingPipe, FinalNormPipe, SeededLayerSpec,
                                              SeededTiedLayerSpec, pass_through, tied_lm_head)
 from megatron.models.common.tp_random import layer_seed
+from megatron.utils.megatron_core import ModelParallelConfig
 
 
 class TransformerBlockPipe(BlockPipe, BloomBlock):

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from megatron.core.model_parallel_config import ModelParallelConfig
 from torch import nn
 
 from megatron.models.common.layer_numbering import EMBEDDING_LAYER, block_layer
@@ -17,6 +16,7 @@ from megatron.models.common.lm_head import lm_logits
 from megatron.models.common.loss import head_and_loss, target_log_probs
 from megatron.models.common.recompute import checkpoint
 from megatron.models.common.tp_random import layer_seed, seeded
+from megatron.utils.megatron_core import ModelParallelConfig
 
 
 class DecoderModel(nn.Module):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from megatron.core import parallel_state, tensor_parallel
+
+from megatron.utils.megatron_core import parallel_state, tensor_parallel
 
 
 class _GatherLastDim(torch.autograd.Function):

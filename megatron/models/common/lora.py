@@ -37,11 +37,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from megatron.core import tensor_parallel
 from torch import nn
 
 from megatron.models.common import tensor_split
 from megatron.models.common.tp_random import tensor_parallel_rng
+from megatron.utils.megatron_core import tensor_parallel
 
 LORA_A = "lora_A"
 LORA_B = "lora_B"

@@ -13,10 +13,10 @@ per-token losses is the loss: the token mean over the micro-batch (default) or, 
 from __future__ import annotations
 
 import torch
-from megatron.core import tensor_parallel
 
 from megatron.kernels.lm_head_loss import lm_head_loss
 from megatron.models.common.lm_head import lm_logits
+from megatron.utils.megatron_core import tensor_parallel
 
 
 def loss_weights(loss_mask: torch.Tensor, segment_ids: torch.Tensor, norm_target_loss: bool) -> torch.Tensor:

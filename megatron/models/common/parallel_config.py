@@ -4,8 +4,8 @@ up (`train/distributed.py` creates them)."""
 from __future__ import annotations
 
 import torch
-from megatron.core import parallel_state
-from megatron.core.model_parallel_config import ModelParallelConfig
+
+from megatron.utils.megatron_core import ModelParallelConfig, parallel_state
 
 
 def model_parallel_config(dtype: torch.dtype = torch.float32, device: str | None = None) -> ModelParallelConfig:

@@ -21,13 +21,13 @@ from deepspeed.checkpoint import constants as ds_checkpoint
 from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 from deepspeed.runtime import utils as ds_utils
 from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
-from megatron.core.model_parallel_config import ModelParallelConfig
 from torch import nn
 
 from megatron.models.common.layer_numbering import FIRST_BLOCK_LAYER, final_norm_layer, lm_head_layer
 from megatron.models.common.loss import head_and_loss, target_log_probs
 from megatron.models.common.recompute import checkpoint
 from megatron.models.common.tp_random import seeded
+from megatron.utils.megatron_core import ModelParallelConfig
 
 TIED_EMBEDDING = "embed"
 

@@ -18,8 +18,6 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
-from megatron.core import parallel_state, tensor_parallel
-from megatron.core.model_parallel_config import ModelParallelConfig
 from torch import nn
 
 from megatron.kernels.fused_bias import dropout_add, fused
@@ -30,6 +28,7 @@ from megatron.models.common.norms import RMSNorm
 from megatron.models.common.rope import apply_rope, cos_sin, inverse_frequencies, positions_from_segments
 from megatron.models.common.tp_random import tensor_parallel_rng
 from megatron.models.llama.config import LlamaModelConfig
+from megatron.utils.megatron_core import ModelParallelConfig, parallel_state, tensor_parallel
 
 
 class WordEmbeddings(tensor_parallel.VocabParallelEmbedding):

@@ -5,13 +5,13 @@ packed-batch loss (`models/common/decoder.py`)."""
 from __future__ import annotations
 
 import torch
-from megatron.core.model_parallel_config import ModelParallelConfig
 
 from megatron.models.common.decoder import DecoderModel
 from megatron.models.common.tp_random import layer_seed, seeded
 from megatron.models.llama.config import LlamaModelConfig
 from megatron.models.llama.layers import LlamaBlock, LMHead, WordEmbeddings, final_norm
 from megatron.models.llama.state_dict_adapter import lm_head_layer
+from megatron.utils.megatron_core import ModelParallelConfig
 
 
 class LlamaModel(DecoderModel):

@@ -16,7 +16,6 @@ import functools
 
 import torch
 from deepspeed.pipe import LayerSpec, TiedLayerSpec
-from megatron.core.model_parallel_config import ModelParallelConfig
 from torch import nn
 
 from megatron.models.common import pipeline as common
@@ -28,6 +27,7 @@ from megatron.models.llama import state_dict_adapter
 from megatron.models.llama.config import LlamaModelConfig
 from megatron.models.llama.layers import LlamaBlock, LMHead, WordEmbeddings
 from megatron.models.llama.state_dict_adapter import EMBEDDING_LAYER, FIRST_BLOCK_LAYER, lm_head_layer
+from megatron.utils.megatron_core import ModelParallelConfig
 
 
 class TransformerBlockPipe(BlockPipe, LlamaBlock):
