@@ -126,15 +126,22 @@ def test_a_killed_rank_takes_the_run_down_through_torchrun(demo_dir, demo_data, 
 
 
 def test_a_hung_rank_is_named_and_the_others_stop_within_the_timeout(demo_dir, demo_data, tmp_path):
+    """Rank 1 frozen mid-run: rank 0 names it and exits within the 15 s collective timeout (plus
+    its report); the frozen rank is then killed as torchrun would kill it after its 30 s grace for
+    SIGTERM (which a stopped process never acts on), and the run ends non-zero."""
     args = [*_args(demo_dir, demo_data, 2000), "--distributed-timeout-minutes", "0.25"]
     with finetune_process(2, args) as process:
         process.wait_for(" iteration        2/", timeout=120)
         frozen_at = time.time()
-        rank1 = next(pid for pid in process.workers() if _rank_of(pid) == 1)
+        rank0, rank1 = sorted(process.workers(), key=_rank_of)
         os.kill(rank1, signal.SIGSTOP)  # alive but stuck: no launcher notices, only the collectives
-        output = process.finish(timeout=150)
+        process.wait_for("error: rank 0 ", timeout=15 + 45)
+        while Path(f"/proc/{rank0}").exists() and time.time() - frozen_at < 15 + 45:
+            time.sleep(0.2)
         waited = time.time() - frozen_at
+        os.kill(rank1, signal.SIGKILL)
+        output = process.finish(timeout=60)
     assert process.returncode != 0
-    assert waited < 15 + 60, waited  # the timeout, the report, torchrun's teardown
+    assert waited < 15 + 45, waited  # the timeout, the report, rank 0's exit
     assert re.search(r"error: rank 0 \(host \S+\) stopped at iteration \d+: .*no heartbeat from rank 1 "
                      r"\(host \S+, last finished iteration \d+\) for \d+s: it died or hangs", output), output[-3000:]
