@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Zero-shot accuracy of a model on prompted multiple-choice examples (`tools/make_eval_prompts.py`)
 by rank classification, as the BLOOMZ paper reports it: the median over prompts per dataset and
-language, the mean over languages, BLOOM's seen and unseen languages apart (docs/evaluation.md).
+language, the mean over languages, BLOOM's seen and unseen languages apart (docs/evaluation.md), or
+with --finetuned-languages the languages each task was finetuned in and the held-out ones apart.
 
 One of our checkpoints, at the TP x PP the flags give, data-parallel over the examples:
 
@@ -83,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--per-example-output", help="jsonl: id, dataset, language, prompt, scores, prediction, label")
     output.add_argument("--plot", metavar="FILE.png", help="a bar chart of accuracy per dataset and language")
     output.add_argument("--baseline", metavar="JSON", help="another run's --output-json, shown beside (before/after)")
+    output.add_argument("--finetuned-languages", metavar="JSON",
+                        help='{"dataset": ["language", ...]}: the languages each dataset\'s task was finetuned in; '
+                             "the table, means and plot then split languages into those and the held-out ones "
+                             "(instead of BLOOM's pretraining languages)")
     return parser
 
 
@@ -170,6 +175,23 @@ def read_baseline(path: str | None) -> dict | None:
     return baseline
 
 
+def read_finetuned_languages(path: str | None, datasets: set[str]) -> dict[str, list[str]] | None:
+    """--finetuned-languages: every evaluated dataset with its list of language codes."""
+    if path is None:
+        return None
+    try:
+        listed = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"--finetuned-languages {path}: {error}") from None
+    if not isinstance(listed, dict) or not all(
+            isinstance(codes, list) and all(isinstance(code, str) for code in codes) for codes in listed.values()):
+        raise ConfigError(f'--finetuned-languages {path}: not a JSON object {{"dataset": ["language", ...]}}')
+    missing = sorted(datasets - set(listed))
+    if missing:
+        raise ConfigError(f"--finetuned-languages {path}: no entry for the evaluated datasets {', '.join(missing)}")
+    return listed
+
+
 def write_outputs(args, tasks: ZeroShotTasks, pair_scores: np.ndarray, baseline: dict | None) -> None:
     results = tasks.results(pair_scores)
     report = {"model": args.checkpoint_dir or args.hf_dir, "tasks": args.tasks,
@@ -204,8 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         tokenizer = HFTokenizer(args.tokenizer_name_or_path)
-        tasks = ZeroShotTasks(read_examples(args.tasks), tokenizer, args.seq_length, args.length_normalize,
-                              prepend_bos=args.prepend_bos)
+        examples = read_examples(args.tasks)
+        finetuned = read_finetuned_languages(args.finetuned_languages, {example.dataset for example in examples})
+        tasks = ZeroShotTasks(examples, tokenizer, args.seq_length, args.length_normalize,
+                              prepend_bos=args.prepend_bos, finetuned_languages=finetuned)
         if args.plot and importlib.util.find_spec("matplotlib") is None:
             raise ConfigError("--plot needs matplotlib: pip install -e '.[plot]'")
         baseline = read_baseline(args.baseline)

@@ -3,19 +3,20 @@ rule): the choice with the highest summed log-probability wins (`length_normaliz
 token count), ties going to the lower index; accuracy per (dataset, language, prompt), the median
 over prompts per (dataset, language) (the mean of the middle two for an even count), the mean of
 those over languages per dataset, the same mean over BLOOM's seen and unseen languages apart
-(`languages.py`), the mean over datasets, and each dataset's chance accuracy (the mean of
+(`languages.py`; or, given the languages each dataset's task was finetuned in, over those and the
+held-out ones), the mean over datasets, and each dataset's chance accuracy (the mean of
 1 / number of choices)."""
 
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
 from megatron.evaluation.examples import ChoiceExample
-from megatron.evaluation.languages import pretraining_group
+from megatron.evaluation.languages import finetuning_group, pretraining_group
 
 
 def predictions(pair_scores: np.ndarray, choice_lengths: np.ndarray, first_pair: np.ndarray,
@@ -30,8 +31,11 @@ def _mean(values) -> float:
     return float(statistics.fmean(values))
 
 
-def accuracy_report(examples: Sequence[ChoiceExample], predicted: Sequence[int]) -> dict:
-    """The aggregates of an evaluation, as `tools/evaluate.py --output-json` writes them."""
+def accuracy_report(examples: Sequence[ChoiceExample], predicted: Sequence[int],
+                    finetuned_languages: Mapping[str, Collection[str]] | None = None) -> dict:
+    """The aggregates of an evaluation, as `tools/evaluate.py --output-json` writes them; languages
+    are grouped by BLOOM's pretraining, or with `finetuned_languages` (per dataset, the languages
+    its task was finetuned in; every dataset listed) by whether the finetune used them."""
     correct: dict[tuple[str, str, str], list[bool]] = defaultdict(list)
     chance: dict[str, list[float]] = defaultdict(list)
     for example, prediction in zip(examples, predicted):
@@ -42,11 +46,14 @@ def accuracy_report(examples: Sequence[ChoiceExample], predicted: Sequence[int])
         per_prompt[dataset][language][prompt] = _mean(hits)
     median = {dataset: {language: float(statistics.median(prompts.values())) for language, prompts in languages.items()}
               for dataset, languages in per_prompt.items()}
+    language_groups = {dataset: {language: pretraining_group(language) if finetuned_languages is None
+                                 else finetuning_group(language, finetuned_languages[dataset])
+                                 for language in languages} for dataset, languages in median.items()}
     by_group = {}
     for dataset, languages in median.items():
         groups = defaultdict(list)
         for language, value in languages.items():
-            groups[pretraining_group(language)].append(value)
+            groups[language_groups[dataset][language]].append(value)
         by_group[dataset] = {group: _mean(values) for group, values in sorted(groups.items())}
     mean_over_languages = {dataset: _mean(languages.values()) for dataset, languages in median.items()}
     return {
@@ -54,7 +61,8 @@ def accuracy_report(examples: Sequence[ChoiceExample], predicted: Sequence[int])
         "accuracy_per_prompt": {d: dict(languages) for d, languages in per_prompt.items()},
         "median_over_prompts": median,
         "mean_over_languages": mean_over_languages,
-        "mean_by_pretraining_languages": by_group,
+        "language_groups": language_groups,
+        f"mean_by_{'pretraining' if finetuned_languages is None else 'finetuning'}_languages": by_group,
         "average": _mean(mean_over_languages.values()),
         "chance": {dataset: _mean(values) for dataset, values in sorted(chance.items())},
     }
@@ -62,13 +70,14 @@ def accuracy_report(examples: Sequence[ChoiceExample], predicted: Sequence[int])
 
 def format_table(report: dict, baseline: dict | None = None) -> str:
     """The medians over prompts per dataset and language (and the dataset means) as a text table;
-    with `baseline` (another report), its column and the difference beside them."""
-    header = ["dataset", "language", "prompts", "seen"] + (["baseline", "accuracy", "change"] if baseline
+    with `baseline` (another report), its column and the difference beside them. The fourth
+    column is the language's group: seen/unseen in pretraining, or finetuned/held-out."""
+    header = ["dataset", "language", "prompts", "seen" if "mean_by_pretraining_languages" in report else "finetune"] + (["baseline", "accuracy", "change"] if baseline
                                                           else ["accuracy"])
     lines = []
     for dataset, languages in report["median_over_prompts"].items():
         rows = [(language, len(report["accuracy_per_prompt"][dataset][language]),
-                 pretraining_group(language), value, ("median_over_prompts", dataset, language))
+                 report["language_groups"][dataset][language], value, ("median_over_prompts", dataset, language))
                 for language, value in languages.items()]
         rows.append(("mean", "", "", report["mean_over_languages"][dataset], ("mean_over_languages", dataset)))
         for language, prompts, group, value, key in rows:

@@ -2,9 +2,13 @@
 ISO 639 code: an evaluation language is "seen" if BLOOM pretrained on it, else "unseen" (the
 BLOOMZ paper's split: XNLI's bg, de, el, ru, th, tr, XCOPA's et, ht, it, qu, th, tr, XStoryCloze's
 my, ru and XWinograd's ja, ru are unseen). Codes are matched case-insensitively on their first part
-(`zh-cn` is `zh`); `jp`, as XWinograd names Japanese, is `ja`."""
+(`zh-cn` is `zh`); `jp`, as XWinograd names Japanese, is `ja`. For a model that learned each task in some
+languages only (the demo's crosslingual row), `finetuning_group` splits a task's languages into those
+its finetune used and those held out of it instead."""
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 BLOOM_LANGUAGES = {
     "ak": "Akan", "ar": "Arabic", "as": "Assamese", "bm": "Bambara", "bn": "Bengali", "ca": "Catalan",
@@ -28,3 +32,8 @@ def base_code(language: str) -> str:
 def pretraining_group(language: str) -> str:
     """'seen' or 'unseen' in BLOOM's pretraining."""
     return "seen" if base_code(language) in BLOOM_LANGUAGES else "unseen"
+
+
+def finetuning_group(language: str, finetuned: Collection[str]) -> str:
+    """'finetuned' if `language` is among the languages a task was finetuned in, else 'held-out'."""
+    return "finetuned" if base_code(language) in {base_code(code) for code in finetuned} else "held-out"

@@ -1,5 +1,6 @@
 """The picture of an evaluation: one panel per dataset, a bar per language (the median accuracy
-over prompts, coloured by whether BLOOM pretrained on the language), each prompt's accuracy as a
+over prompts, coloured by the language's group: whether BLOOM pretrained on it, or whether the
+finetune used it for that task), each prompt's accuracy as a
 dot on its bar, and the dataset's chance accuracy as a dashed line; with a baseline report, its
 medians as hollow bars behind (before/after a finetune). Written as PNG with matplotlib."""
 
@@ -7,9 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from megatron.evaluation.languages import pretraining_group
-
-COLOURS = {"seen": "#3b75af", "unseen": "#ef8636"}
+COLOURS = {"seen": "#3b75af", "unseen": "#ef8636", "finetuned": "#3b75af", "held-out": "#ef8636"}
+LEGEND = {"pretraining": ("seen in pretraining", "unseen"), "finetuning": ("finetuned in", "held out of the finetune")}
 
 
 def plot_accuracy(report: dict, path: str | Path, title: str, baseline: dict | None = None) -> None:
@@ -31,7 +31,7 @@ def plot_accuracy(report: dict, path: str | Path, title: str, baseline: dict | N
             before = [baseline["median_over_prompts"][dataset].get(lang, float("nan")) for lang in languages]
             ax.bar(positions, before, width=0.8, fill=False, edgecolor="#888888", linestyle=":", label="baseline")
         ax.bar(positions, [medians[lang] for lang in languages], width=0.6,
-               color=[COLOURS[pretraining_group(lang)] for lang in languages])
+               color=[COLOURS[report["language_groups"][dataset][lang]] for lang in languages])
         for x, lang in zip(positions, languages):
             prompts = list(report["accuracy_per_prompt"][dataset][lang].values())
             ax.scatter([x] * len(prompts), prompts, s=9, color="black", zorder=3)
@@ -40,8 +40,8 @@ def plot_accuracy(report: dict, path: str | Path, title: str, baseline: dict | N
         ax.set_title(f"{dataset}\nmean {report['mean_over_languages'][dataset]:.3f}", fontsize=10)
         ax.set_ylim(0, 1)
     axes[0][0].set_ylabel("accuracy (median over prompts)")
-    legend = [Patch(color=COLOURS["seen"], label="seen in pretraining"),
-              Patch(color=COLOURS["unseen"], label="unseen"),
+    labels = LEGEND["pretraining" if "mean_by_pretraining_languages" in report else "finetuning"]
+    legend = [Patch(color=COLOURS["seen"], label=labels[0]), Patch(color=COLOURS["unseen"], label=labels[1]),
               Patch(fill=False, edgecolor="#555555", linestyle="--", label="chance")]
     if baseline:
         legend.append(Patch(fill=False, edgecolor="#888888", linestyle=":", label="baseline"))

@@ -7,7 +7,7 @@ then rank classification and its aggregates."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,19 +35,21 @@ class TaskResults:
 
 class ZeroShotTasks:
     """Examples tokenized and packed once, for rows of `seq_length + 1` tokens; with `prepend_bos`
-    each example's inputs begin with the tokenizer's BOS token (`encode_choices`)."""
+    each example's inputs begin with the tokenizer's BOS token (`encode_choices`); with
+    `finetuned_languages` the report groups languages by it (`accuracy_report`)."""
 
     def __init__(self, examples: Sequence[ChoiceExample], tokenizer, seq_length: int, length_normalize: bool,
-                 *, prepend_bos: bool = False):
+                 *, prepend_bos: bool = False, finetuned_languages: Mapping[str, Collection[str]] | None = None):
         self.examples = list(examples)
         self.encoded = encode_choices(self.examples, tokenizer, seq_length, prepend_bos)
         self.rows = ChoiceRows(self.encoded, tokenizer.pad)
         self.length_normalize = length_normalize
+        self.finetuned_languages = finetuned_languages
 
     def results(self, pair_scores: np.ndarray) -> TaskResults:
         scores, predicted = predictions(pair_scores, self.encoded.choice_lengths(), self.encoded.first_pair,
                                         self.length_normalize)
-        return TaskResults(accuracy_report(self.examples, predicted), scores, predicted)
+        return TaskResults(accuracy_report(self.examples, predicted, self.finetuned_languages), scores, predicted)
 
 
 def _log_probs(engine, batches: list[dict[str, torch.Tensor]]) -> list[torch.Tensor] | None:

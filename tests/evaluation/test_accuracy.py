@@ -66,6 +66,22 @@ def test_medians_over_prompts_means_over_languages_and_the_seen_unseen_split():
     assert any(line.split()[:2] == ["xcopa", "zh"] and line.split()[-1] == "n/a" for line in table.splitlines())
 
 
+def test_languages_grouped_by_what_the_finetune_used():
+    """Given the languages each dataset's task was finetuned in, the means, the table's group
+    column and the groups split into those and the held-out ones (not BLOOM's pretraining)."""
+    T, F = True, False
+    spec = {("xnli", "en", "p1"): [T, F], ("xnli", "de", "p1"): [T, T], ("xnli", "th", "p1"): [F, F],
+            ("xcopa", "zh", "p1"): [T, F]}
+    report = accuracy_report(*_examples(spec), finetuned_languages={"xnli": ["EN", "de"], "xcopa": []})
+    assert "mean_by_pretraining_languages" not in report
+    assert report["mean_by_finetuning_languages"] == {"xnli": {"finetuned": 0.75, "held-out": 0.0},
+                                                      "xcopa": {"held-out": 0.5}}
+    assert report["language_groups"]["xnli"] == {"de": "finetuned", "en": "finetuned", "th": "held-out"}
+    table = [line.split() for line in format_table(report).splitlines()]
+    assert table[0] == ["dataset", "language", "prompts", "finetune", "accuracy"]
+    assert ["xnli", "th", "1", "held-out", "0.000"] in table and ["xnli", "de", "1", "finetuned", "1.000"] in table
+
+
 @pytest.mark.parametrize("code, group", [("en", "seen"), ("zh-cn", "seen"), ("ZH", "seen"), ("sw", "seen"),
                                          ("jp", "unseen"), ("ru", "unseen"), ("th", "unseen"), ("et", "unseen"),
                                          ("eu", "seen"), ("yo", "seen"), ("de", "unseen")])
