@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 from helpers.finetune_runs import finetune, scalars, tiny_model_args
-from helpers.paths import run_tool
+from helpers.paths import run_tool_in_process
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
@@ -37,7 +37,8 @@ def runs(demo_dir, demo_data, tmp_path_factory):
                     *(["--untie-embeddings-and-output-weights", "--disable-bias-linear"] if kind == "untied" else [])]
             finetune(4, [*args, *TP2, *PP2, "--train-iters", "8", "--save-interval", "4", "--save", root / kind,
                          "--tensorboard-dir", root / f"tb_{kind}"])
-            run_tool("convert_checkpoint/to_universal.py", "--checkpoint-dir", root / kind, "--tag", "global_step4")
+            run_tool_in_process("convert_checkpoint/to_universal.py", "--checkpoint-dir", root / kind,
+                                "--tag", "global_step4")
             made[kind] = (args, root / kind, root / f"tb_{kind}")
         return made[kind]
 

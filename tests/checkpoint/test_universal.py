@@ -15,7 +15,7 @@ import pytest
 import torch
 from helpers.finetune_runs import (adam_steps, copy_as_of, finetune, refused_before_start, scalars,
                                    tiny_model_args)
-from helpers.paths import run_tool
+from helpers.paths import run_tool_in_process
 
 from megatron.checkpoint.layer_files import CheckpointReader
 from megatron.models import get_model_spec
@@ -39,7 +39,7 @@ def whole(demo_dir, demo_data, tmp_path_factory) -> dict:
             "--no-bias-gelu-fusion", "--no-bias-dropout-fusion"]
     finetune(4, [*args, *TP2, *PP2, "--train-iters", "8", "--save-interval", "4", "--save", root / "run",
                  "--tensorboard-dir", root / "tb"])
-    converted = run_tool(TO_UNIVERSAL, "--checkpoint-dir", root / "run", "--tag", "global_step4")
+    converted = run_tool_in_process(TO_UNIVERSAL, "--checkpoint-dir", root / "run", "--tag", "global_step4")
     assert "wrote " in converted.stdout and (root / "run" / "latest_universal").read_text() == "global_step4_universal"
     return {"args": args, "run": root / "run", "tb": root / "tb", "root": root}
 
@@ -74,7 +74,7 @@ def test_data_parallel_change_alone_and_the_moments_matter(whole, tmp_path):
     until_6 = ["--train-iters", "8", "--exit-interval", "6"]  # the LR schedule of the 8-iteration run
     finetune(4, [*whole["args"], *PP2, *until_6, "--load", whole["run"], "--universal-checkpoint",
                  "--save", tmp_path / "dp2"])
-    run_tool(TO_UNIVERSAL, "--checkpoint-dir", tmp_path / "dp2")
+    run_tool_in_process(TO_UNIVERSAL, "--checkpoint-dir", tmp_path / "dp2")
     finetune(2, [*whole["args"], *PP2, "--train-iters", "8", "--load", tmp_path / "dp2", "--universal-checkpoint",
                  "--tensorboard-dir", tmp_path / "tb_dp1"])
     curve = _curve(whole["tb"])
@@ -106,7 +106,7 @@ def test_a_bf16_run_converts_and_resumes(whole, tmp_path):
     bf16 = [*whole["args"], "--bf16"]
     finetune(1, [*bf16, "--train-iters", "2", "--save", tmp_path / "run"])
     assert list((tmp_path / "run" / "global_step2").glob("bf16_zero_pp_rank_*_optim_states.pt"))
-    run_tool(TO_UNIVERSAL, "--checkpoint-dir", tmp_path / "run")
+    run_tool_in_process(TO_UNIVERSAL, "--checkpoint-dir", tmp_path / "run")
     resumed = finetune(1, [*bf16, "--train-iters", "3", "--load", tmp_path / "run", "--universal-checkpoint",
                            "--tensorboard-dir", tmp_path / "tb"])
     assert "from universal" in resumed.stdout and sorted(scalars(tmp_path / "tb", "lm loss")) == [3]
@@ -156,7 +156,7 @@ def test_bad_folders_are_named_before_any_work(whole, tmp_path, capsys, monkeypa
     assert "was saved at TP 2 x PP 2, this run is TP 1 x PP 2" in moved
     shard = next((tmp_path / "plain" / "global_step8").glob("zero_pp_rank_*_optim_states.pt"))
     shard.write_bytes(shard.read_bytes()[:100])
-    result = run_tool(TO_UNIVERSAL, "--checkpoint-dir", tmp_path / "plain", check=False)
+    result = run_tool_in_process(TO_UNIVERSAL, "--checkpoint-dir", tmp_path / "plain", check=False)
     assert result.returncode == 1 and f"{shard} is truncated or damaged" in result.stderr
     assert not (tmp_path / "plain" / "global_step8_universal").exists()
     assert not (tmp_path / "plain" / "latest_universal").exists()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from helpers.distributed import free_port
-from helpers.paths import REPO, run_tool
+from helpers.paths import REPO, run_tool_in_process
 
 from megatron.checkpoint.layout import tag_step, write_latest
 
@@ -25,10 +25,10 @@ def preprocess_demo(demo_dir: Path, out: Path) -> dict[str, Path]:
     prefixes = {}
     for split in ("train", "valid"):
         prefixes[split] = out / f"demo_{split}"
-        run_tool("preprocess_data.py", "--input", demo_dir / f"{split}.jsonl", "--json-keys", "inputs", "targets",
-                 "--prepend-space", "targets", "--append-eod", "targets",
-                 "--tokenizer-name-or-path", demo_dir / "tokenizer", "--output-prefix", prefixes[split],
-                 "--log-interval", "0")
+        run_tool_in_process("preprocess_data.py", "--input", demo_dir / f"{split}.jsonl", "--json-keys", "inputs",
+                            "targets", "--prepend-space", "targets", "--append-eod", "targets",
+                            "--tokenizer-name-or-path", demo_dir / "tokenizer", "--output-prefix", prefixes[split],
+                            "--log-interval", "0")
     return prefixes
 
 

@@ -11,7 +11,7 @@ import random
 
 import pytest
 from helpers.finetune_runs import finetune, refused_before_start, scalars
-from helpers.paths import run_tool, run_tool_in_process
+from helpers.paths import run_tool_in_process
 from transformers import BloomForCausalLM
 
 from synthetic.corpus import CHOICE_PROMPTS, LEXICON, PROMPTS
@@ -89,8 +89,8 @@ def test_a_tiny_model_learns_and_climbs_from_chance_on_two_pipeline_stages(demo_
     assert scalars(tmp_path / "tb", "eval-tasks/average")[120] == accuracy[120]
     line = next(line for line in result.stdout.splitlines() if "zero-shot accuracy at iteration 120" in line)
     assert "(120 examples, median over prompts)" in line and f"translate/fr {accuracy[120]:.4f}" in line
-    run_tool("convert_checkpoint/megatron_to_hf.py", "--checkpoint-dir", tmp_path / "run",
-             "--output-dir", tmp_path / "hf", "--tokenizer-dir", demo_dir / "tokenizer")
+    run_tool_in_process("convert_checkpoint/megatron_to_hf.py", "--checkpoint-dir", tmp_path / "run",
+                        "--output-dir", tmp_path / "hf", "--tokenizer-dir", demo_dir / "tokenizer")
     assert BloomForCausalLM.from_pretrained(tmp_path / "hf").config.n_layer == 2
     # the whole-model engine (ZeRO-2) scores the same random init (`--seed`) alike
     finetune(1, [*_flags(demo_dir, task, task / "tasks.jsonl"), "--zero-stage", "2", "--train-iters", "1", "--lr-warmup-iters", "0",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.paths import run_tool
+from helpers.paths import run_tool_in_process
 from helpers.tiny import sharpen_attention
 from helpers.finetune_runs import copy_as_of, final_weights, finetune, scalars, tiny_model_args
 from transformers import BloomConfig, BloomForCausalLM
@@ -34,7 +34,8 @@ def converted_bloom(demo_dir, tmp_path_factory) -> Path:
     model = BloomForCausalLM(config)
     sharpen_attention(model)  # attention that depends on content, so the layouts' head splits matter
     model.save_pretrained(folder / "hf")
-    run_tool("convert_checkpoint/hf_to_megatron.py", "--hf-dir", folder / "hf", "--output-dir", folder / "ours")
+    run_tool_in_process("convert_checkpoint/hf_to_megatron.py", "--hf-dir", folder / "hf", "--output-dir",
+                        folder / "ours")
     return folder / "ours"
 
 
