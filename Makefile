@@ -44,17 +44,20 @@ demo: $(STAMP)
 	$(PY) tools/make_tiny_model.py --family $(FAMILY) --tokenizer-dir $(DEMO_DIR)/tokenizer \
 		--output-dir $(DEMO_DIR)/$(FAMILY)-tiny
 	$(PY) tools/convert_checkpoint/hf_to_megatron.py --hf-dir $(DEMO_DIR)/$(FAMILY)-tiny \
-		--output-dir $(DEMO_DIR)/checkpoints/$(FAMILY)-tiny-tp2 --target-tp 2
+		--output-dir $(DEMO_DIR)/checkpoints/$(FAMILY)-tiny
 	PYTHON=$(PY) DEMO_DIR=$(DEMO_DIR) FAMILY=$(FAMILY) bash examples/finetune_demo_cpu.sh
 	$(PY) tools/convert_checkpoint/megatron_to_hf.py --checkpoint-dir $(DEMO_DIR)/checkpoints/$(FAMILY)z-tiny \
 		--output-dir $(DEMO_DIR)/$(FAMILY)z-tiny --tokenizer-dir $(DEMO_DIR)/tokenizer
 	$(PY) tools/generate.py --input $(DEMO_DIR)/xp3_demo_valid.jsonl --num-prompts 8 \
 		--model before=$(DEMO_DIR)/$(FAMILY)-tiny --model after=$(DEMO_DIR)/$(FAMILY)z-tiny
-	$(PY) tools/evaluate.py --hf-dir $(DEMO_DIR)/$(FAMILY)-tiny --tokenizer-name-or-path $(DEMO_DIR)/tokenizer \
-		--tasks $(DEMO_DIR)/eval_tasks --seq-length 256 --output-json $(DEMO_DIR)/eval/$(FAMILY)-before.json
+	$(PY) -m torch.distributed.run --nproc-per-node 2 tools/evaluate.py \
+		--checkpoint-dir $(DEMO_DIR)/checkpoints/$(FAMILY)-tiny --tensor-model-parallel-size 2 \
+		--tokenizer-name-or-path $(DEMO_DIR)/tokenizer --tasks $(DEMO_DIR)/eval_tasks --seq-length 256 \
+		--finetuned-languages $(DEMO_DIR)/finetuned_languages.json --output-json $(DEMO_DIR)/eval/$(FAMILY)-before.json
 	$(PY) -m torch.distributed.run --nproc-per-node 2 tools/evaluate.py \
 		--checkpoint-dir $(DEMO_DIR)/checkpoints/$(FAMILY)z-tiny --tensor-model-parallel-size 2 \
 		--tokenizer-name-or-path $(DEMO_DIR)/tokenizer --tasks $(DEMO_DIR)/eval_tasks --seq-length 256 \
+		--finetuned-languages $(DEMO_DIR)/finetuned_languages.json \
 		--baseline $(DEMO_DIR)/eval/$(FAMILY)-before.json --output-json $(DEMO_DIR)/eval/$(FAMILY)-after.json \
 		--per-example-output $(DEMO_DIR)/eval/$(FAMILY)-after_examples.jsonl \
 		--plot $(DEMO_DIR)/eval/$(FAMILY)-accuracy.png

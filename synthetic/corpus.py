@@ -1,10 +1,15 @@
 """A synthetic xP3-style multilingual corpus for the demo, the tests and the benchmarks.
 
-Rows are `{"inputs": prompt, "targets": answer, "task": ..., "language": ...}` from five tasks
-(copy, reverse, arithmetic, sentiment classification with label words, word-by-word translation
-through a built-in dictionary) rendered in nine languages and six scripts, and xP3-like pair lengths for packing experiments.
-Four of the tasks also come as multiple-choice examples (the true answer among distractors) for
-zero-shot evaluation.
+Rows are `{"inputs": prompt, "targets": answer, "task": ..., "language": ...}` from four tasks
+rendered in nine languages and six scripts: copy (repeat a list of words), compare (the larger of
+two numbers), sentiment classification with label words, and word translation through a built-in
+dictionary. Each is something a tiny model trained from random init learns within the demo's
+CPU minutes. The copy prompt names its words first and ends with the same colon that introduced
+them, so the answer starts where an induction head looks. `CROSSLINGUAL` holds a task out of some
+languages: its training rows never use those languages, its multiple-choice examples do (the
+demo's crosslingual row; what carries over is the digits, not any language knowledge). Every task
+also comes as multiple-choice examples (the true answer among distractors) for zero-shot
+evaluation, and `xp3_like_pair_lengths` gives xP3-like pair lengths for packing experiments.
 Everything is deterministic in the seed, so no data is ever downloaded.
 """
 
@@ -14,6 +19,7 @@ import gzip
 import json
 import os
 import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,23 +46,17 @@ LANGUAGE_NAMES = {
 # Prompts per task and language; {x} is the task's payload, {a} {b} numbers, {src} {dst} languages.
 PROMPTS = {
     "copy": {
-        "en": "Repeat the following words exactly: {x}", "fr": "Répétez exactement les mots suivants : {x}",
-        "es": "Repite exactamente las siguientes palabras: {x}", "de": "Wiederhole genau die folgenden Wörter: {x}",
-        "ru": "Повторите в точности следующие слова: {x}", "el": "Επανάλαβε ακριβώς τις παρακάτω λέξεις: {x}",
-        "ar": "كرر الكلمات التالية بالضبط: {x}", "hi": "निम्नलिखित शब्दों को ठीक से दोहराएँ: {x}",
-        "zh": "请准确重复以下词语：{x}",
+        "en": "Words: {x}\nRepeat these words exactly:", "fr": "Mots : {x}\nRépétez exactement ces mots :",
+        "es": "Palabras: {x}\nRepite exactamente estas palabras:", "de": "Wörter: {x}\nWiederhole genau diese Wörter:",
+        "ru": "Слова: {x}\nПовторите в точности эти слова:", "el": "Λέξεις: {x}\nΕπανάλαβε ακριβώς αυτές τις λέξεις:",
+        "ar": "الكلمات: {x}\nكرر هذه الكلمات بالضبط:", "hi": "शब्द: {x}\nइन शब्दों को ठीक से दोहराएँ:",
+        "zh": "词语：{x}\n请准确重复这些词语：",
     },
-    "reverse": {
-        "en": "Write these words in reverse order: {x}", "fr": "Écrivez ces mots dans l'ordre inverse : {x}",
-        "es": "Escribe estas palabras en orden inverso: {x}", "de": "Schreibe diese Wörter in umgekehrter Reihenfolge: {x}",
-        "ru": "Напишите эти слова в обратном порядке: {x}", "el": "Γράψε αυτές τις λέξεις με αντίστροφη σειρά: {x}",
-        "ar": "اكتب هذه الكلمات بترتيب معكوس: {x}", "hi": "इन शब्दों को उल्टे क्रम में लिखें: {x}",
-        "zh": "请按相反顺序写出这些词：{x}",
-    },
-    "arithmetic": {
-        "en": "What is {a} plus {b}?", "fr": "Combien font {a} plus {b} ?", "es": "¿Cuánto es {a} más {b}?",
-        "de": "Was ist {a} plus {b}?", "ru": "Сколько будет {a} плюс {b}?", "el": "Πόσο κάνει {a} συν {b};",
-        "ar": "كم يساوي {a} زائد {b}؟", "hi": "{a} और {b} का योग क्या है?", "zh": "{a}加{b}等于多少？",
+    "compare": {
+        "en": "Which number is larger, {a} or {b}?", "fr": "Quel nombre est le plus grand, {a} ou {b} ?",
+        "es": "¿Qué número es mayor, {a} o {b}?", "de": "Welche Zahl ist größer, {a} oder {b}?",
+        "ru": "Какое число больше, {a} или {b}?", "el": "Ποιος αριθμός είναι μεγαλύτερος, {a} ή {b};",
+        "ar": "أي عدد أكبر، {a} أم {b}؟", "hi": "कौन सी संख्या बड़ी है, {a} या {b}?", "zh": "{a}和{b}哪个数更大？",
     },
     "sentiment": {
         "en": "Review: {x}\nIs this review positive or negative?",
@@ -90,6 +90,8 @@ SENTIMENT = {  # (positive words, negative words, positive label, negative label
 }
 LANGUAGES = tuple(LEXICON)
 TASKS = tuple(PROMPTS)
+# Tasks held out of some languages in training (rows of the task never use them), evaluated there.
+CROSSLINGUAL = {"compare": ("de", "el", "ar", "hi")}
 _WORDS = {lang: words.split() for lang, words in LEXICON.items()}
 _SEPARATOR = {"zh": "，"}
 
@@ -99,59 +101,62 @@ def _join(lang: str, words: list[str]) -> str:
 
 
 def _word_count(rng: random.Random, median: float) -> int:
-    """Log-normal payload lengths with a long tail, as in xP3's inputs."""
-    return max(1, min(int(rng.lognormvariate(0.0, 0.8) * median), 40 * int(median) + 1))
+    """Log-normal payload lengths with a tail (up to three times the median)."""
+    return max(1, min(int(rng.lognormvariate(0.0, 0.6) * median), 3 * int(median) + 1))
 
 
-def make_row(rng: random.Random, median_words: float = 6.0, task: str | None = None,
+def _language_for(rng: random.Random, task: str) -> str:
+    """A language the task's training rows use (all but its `CROSSLINGUAL` ones)."""
+    held_out = CROSSLINGUAL.get(task, ())
+    return rng.choice([lang for lang in LANGUAGES if lang not in held_out])
+
+
+def make_row(rng: random.Random, median_words: float = 2.0, task: str | None = None,
              lang: str | None = None) -> dict[str, str]:
-    """One random (inputs, targets) pair (of `task` in `lang` when given)."""
+    """One random (inputs, targets) pair: of `task` in `lang` when given, else a random task in a
+    language its training rows use."""
     task = task or rng.choice(TASKS)
-    lang = lang or rng.choice(LANGUAGES)
+    lang = lang or _language_for(rng, task)
     prompt = PROMPTS[task][lang]
     words = _WORDS[lang]
-    if task in ("copy", "reverse"):
-        payload = [rng.choice(words) for _ in range(_word_count(rng, median_words))]
-        answer = payload if task == "copy" else payload[::-1]
-        return _row(prompt.format(x=_join(lang, payload)), _join(lang, answer), task, lang)
-    if task == "arithmetic":
-        a, b = rng.randrange(100), rng.randrange(100)
-        return _row(prompt.format(a=a, b=b), str(a + b), task, lang)
+    if task == "copy":
+        payload = _join(lang, [rng.choice(words) for _ in range(_word_count(rng, median_words))])
+        return _row(prompt.format(x=payload), payload, task, lang)
+    if task == "compare":
+        a, b = rng.sample(range(100), 2)
+        return _row(prompt.format(a=a, b=b), str(max(a, b)), task, lang)
     if task == "sentiment":
         positive, negative, yes, no = SENTIMENT[lang]
         is_positive = rng.random() < 0.5
         tone = (positive if is_positive else negative).split()
-        review = [rng.choice(words) for _ in range(_word_count(rng, median_words))]
+        review = [rng.choice(words) for _ in range(_word_count(rng, 2 * median_words))]
         review.insert(rng.randrange(len(review) + 1), rng.choice(tone))
         return _row(prompt.format(x=_join(lang, review)), yes if is_positive else no, task, lang)
     src = rng.choice([other for other in LANGUAGES if other != lang])
-    concepts = [rng.randrange(len(CONCEPTS)) for _ in range(_word_count(rng, median_words / 2))]
-    text = prompt.format(
-        src=LANGUAGE_NAMES[src], dst=LANGUAGE_NAMES[lang], x=_join(src, [_WORDS[src][c] for c in concepts])
-    )
-    return _row(text, _join(lang, [_WORDS[lang][c] for c in concepts]), task, lang)
+    concept = rng.randrange(len(CONCEPTS))
+    text = prompt.format(src=LANGUAGE_NAMES[src], dst=LANGUAGE_NAMES[lang], x=_WORDS[src][concept])
+    return _row(text, _WORDS[lang][concept], task, lang)
 
 
 # The multiple-choice versions of the tasks (zero-shot evaluation of the demo): the true answer
 # among distractors, under two prompts: the task's own, and the same followed by "Answer:".
-CHOICE_TASKS = ("sentiment", "arithmetic", "translate", "copy")
 CHOICE_PROMPTS = {"as_trained": "{}", "answer_cue": "{}\nAnswer:"}
 
 
 def _distractors(rng: random.Random, row: dict[str, str], count: int) -> list[str]:
-    """`count` wrong answers, distinct from the true one and from each other."""
+    """Wrong answers, distinct from the true one and from each other: the other label word or
+    number, or `count` answers with one word replaced."""
     lang, answer = row["language"], row["targets"]
     if row["task"] == "sentiment":
         *_, yes, no = SENTIMENT[lang]
         return [no if answer == yes else yes]
+    if row["task"] == "compare":  # the other number of the prompt
+        return [number for number in re.findall(r"\d+", row["inputs"]) if number != answer]
     wrong: list[str] = []
-    while len(wrong) < count:
-        if row["task"] == "arithmetic":
-            candidate = str(max(0, int(answer) + rng.choice([-10, -2, -1, 1, 2, 10])))
-        else:
-            words = answer.split(_SEPARATOR.get(lang, " "))
-            words[rng.randrange(len(words))] = rng.choice(_WORDS[lang])
-            candidate = _join(lang, words)
+    while len(wrong) < count:  # copy and translate: one word replaced
+        words = answer.split(_SEPARATOR.get(lang, " "))
+        words[rng.randrange(len(words))] = rng.choice(_WORDS[lang])
+        candidate = _join(lang, words)
         if candidate != answer and candidate not in wrong:
             wrong.append(candidate)
     return wrong
@@ -159,17 +164,18 @@ def _distractors(rng: random.Random, row: dict[str, str], count: int) -> list[st
 
 def generate_choice_examples(per_task_and_language: int, seed: int = 0,
                              held_out_from: frozenset[str] = frozenset()) -> Iterator[dict]:
-    """Multiple-choice examples (the format `tools/evaluate.py` reads) of every choice task in
-    every language, each under both prompts; datasets are named `demo_<task>`. An input found in
-    `held_out_from` (the training inputs) is drawn again, so the examples are held out."""
+    """Multiple-choice examples (the format `tools/evaluate.py` reads) of every task in every
+    language (its `CROSSLINGUAL` ones included), each under both prompts; datasets are named
+    `demo_<task>`. An input found in `held_out_from` (the training inputs) is drawn again, so the
+    examples are held out."""
     rng = random.Random(seed)
-    for task in CHOICE_TASKS:
+    for task in TASKS:
         for lang in LANGUAGES:
             for i in range(per_task_and_language):
                 row = make_row(rng, 2.0, task, lang)
                 while row["inputs"] in held_out_from:
                     row = make_row(rng, 2.0, task, lang)
-                choices = [row["targets"], *_distractors(rng, row, 3 if task == "arithmetic" else 2)]
+                choices = [row["targets"], *_distractors(rng, row, 2)]
                 rng.shuffle(choices)
                 for prompt, template in CHOICE_PROMPTS.items():
                     yield {"id": f"demo_{task}/{lang}/{i}/{prompt}", "dataset": f"demo_{task}", "language": lang,
@@ -181,13 +187,13 @@ def _row(inputs: str, targets: str, task: str, language: str) -> dict[str, str]:
     return {"inputs": inputs, "targets": targets, "task": task, "language": language}
 
 
-def generate_rows(num_rows: int, seed: int = 0, median_words: float = 6.0) -> Iterator[dict]:
+def generate_rows(num_rows: int, seed: int = 0, median_words: float = 2.0) -> Iterator[dict]:
     rng = random.Random(seed)
     for _ in range(num_rows):
         yield make_row(rng, median_words)
 
 
-def write_jsonl(path: str | Path, num_rows: int, seed: int = 0, median_words: float = 6.0) -> Path:
+def write_jsonl(path: str | Path, num_rows: int, seed: int = 0, median_words: float = 2.0) -> Path:
     """Write `num_rows` rows to `path` (gzip-compressed if it ends in .gz), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -147,3 +147,11 @@ def test_evaluate_refuses_a_bad_tasks_file_before_loading_a_model(demo_dir, tmp_
                                  tmp_path / "no_model", "--tokenizer-name-or-path", demo_dir / "tokenizer",
                                  "--baseline", tmp_path / "baseline.json", check=False)
     assert result.returncode == 2 and "not an --output-json of tools/evaluate.py" in result.stderr
+    good = _jsonl(tmp_path / "good.jsonl", [GOOD])
+    for listed, message in ((["not", "an object"], 'not a JSON object {"dataset": ["language", ...]}'),
+                            ({"other": ["en"]}, f"no entry for the evaluated datasets {GOOD['dataset']}")):
+        (tmp_path / "finetuned.json").write_text(json.dumps(listed))
+        result = run_tool_in_process("evaluate.py", "--tasks", good, "--hf-dir", tmp_path / "no_model",
+                                     "--tokenizer-name-or-path", demo_dir / "tokenizer",
+                                     "--finetuned-languages", tmp_path / "finetuned.json", check=False)
+        assert result.returncode == 2 and f"--finetuned-languages {tmp_path / 'finetuned.json'}: {message}" in result.stderr

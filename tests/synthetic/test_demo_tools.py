@@ -1,4 +1,5 @@
-"""The demo's own scripts on tiny settings: `make_demo_data.py` (jsonl splits and a tokenizer),
+"""The demo's own scripts on tiny settings: `make_demo_data.py` (jsonl splits, the languages each
+task is finetuned in, and a tokenizer),
 `make_tiny_model.py` (a random HF BLOOM over that tokenizer) and `generate.py` (each prompt, its
 expected target and every model's generation)."""
 
@@ -11,6 +12,7 @@ from helpers.paths import tool_main
 from transformers import AutoTokenizer, BloomForCausalLM
 
 from megatron.checkpoint.conversion import TOKENIZER_FILES
+from synthetic.corpus import CROSSLINGUAL, LANGUAGES, TASKS
 
 MODELS = ("before", "after")
 
@@ -29,6 +31,10 @@ def test_demo_scripts_write_and_print_what_the_demo_uses(tmp_path, capsys):
     tokenizer = AutoTokenizer.from_pretrained(demo / "tokenizer")
     assert len(tokenizer) == 300 and tokenizer.eos_token_id == 2 and tokenizer.pad_token_id == 3
     assert f"wrote {demo / 'xp3_demo_train.jsonl'}" in capsys.readouterr().out
+    finetuned = json.loads((demo / "finetuned_languages.json").read_text())
+    assert finetuned["demo_compare"] == [lang for lang in LANGUAGES if lang not in CROSSLINGUAL["compare"]]
+    assert finetuned["demo_copy"] == list(LANGUAGES) and set(finetuned) == {f"demo_{task}" for task in TASKS}
+    assert {row["language"] for row in rows["train"] if row["task"] == "compare"} <= set(finetuned["demo_compare"])
 
     for seed, name in enumerate(MODELS):
         tool_main("make_tiny_model.py")(["--tokenizer-dir", str(demo / "tokenizer"), "--output-dir",
