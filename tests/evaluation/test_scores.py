@@ -33,7 +33,7 @@ def setup(demo_dir, tmp_path_factory):
     model = make_hf_model(str(folder / "hf"), num_heads=4, seed=5, vocab=tokenizer.vocab_size)
     run_tool_in_process("convert_checkpoint/hf_to_megatron.py", "--hf-dir", folder / "hf", "--output-dir",
                         folder / "tp2", "--target-tp", "2")
-    examples = list(generate_choice_examples(1, seed=11))[::3]  # every task: 2 to 4 choices
+    examples = list(generate_choice_examples(1, seed=11))[::3]  # every task: 2 or 3 choices
     rng = random.Random(0)
     long_inputs = " ".join(rng.choice(["cat", "dog", "river", "moon"]) for _ in range(80))
     examples.append({"id": "long", "dataset": "long", "language": "en", "prompt": "p", "inputs": long_inputs,
@@ -108,16 +108,26 @@ def test_scores_at_dp2_tp2_and_tp2_pp2_equal_transformers(setup, demo_dir, tmp_p
 
 
 def test_hf_dir_with_prepend_bos_scores_after_the_bos_and_says_so(setup, demo_dir, tmp_path):
+    """Also: --finetuned-languages groups the table's and the report's languages by it."""
     folder, model, tokenizer, examples, tasks = setup
+    finetuned = {example["dataset"]: ["en"] for example in examples}
+    (tmp_path / "finetuned.json").write_text(json.dumps(finetuned))
     result = run_tool_in_process("evaluate.py", *common_args(demo_dir, tasks), "--prepend-bos", "--hf-dir",
                                  folder / "hf", "--per-example-output", tmp_path / "hf.jsonl",
-                                 "--output-json", tmp_path / "hf.json")
+                                 "--output-json", tmp_path / "hf.json",
+                                 "--finetuned-languages", tmp_path / "finetuned.json")
     _check(tmp_path / "hf.jsonl", examples,
            [reference_scores(model, tokenizer, e, False, bos=(tokenizer.bos,)) for e in examples])
     rule = f"BOS before inputs (id {tokenizer.bos})"
     assert f"tokenization: {rule}" in result.stdout
     assert "pairs longer than --seq-length 64 kept their last input tokens" in result.stdout
-    assert json.loads((tmp_path / "hf.json").read_text())["tokenization"] == rule
+    report = json.loads((tmp_path / "hf.json").read_text())
+    assert report["tokenization"] == rule
+    groups = {(e["dataset"], e["language"]): "finetuned" if e["language"] == "en" else "held-out" for e in examples}
+    assert {(d, lang): g for d, languages in report["language_groups"].items() for lang, g in languages.items()} == groups
+    assert set(report["mean_by_finetuning_languages"]) == set(finetuned)
+    table = [line.split() for line in result.stdout.splitlines() if line.startswith(("dataset", "demo_"))]
+    assert table[0][3] == "finetune" and {row[3] for row in table[1:] if row[1] != "mean"} == {"finetuned", "held-out"}
 
 
 @pytest.mark.slow
