@@ -259,6 +259,7 @@ def test_wandb_offline_has_tensorboards_scalars_and_the_log_lines(runs):
     assert config["seed"] == 1234 and config["lora"]["rank"] == 3 and config["parallel"]["tensor"] == 1
 
 
+@pytest.mark.slow  # it reads the shared set-up's finished runs (7 finetunes)
 def test_lora_refusals(demo_dir, demo_data, bases, runs, tmp_path, capsys):
     """Unknown targets (the valid ones named), ZeRO-3, no base, a universal checkpoint, adapters
     of another base in --lora-load, flags that contradict the adapters continued, a LoRA
