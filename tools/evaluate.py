@@ -162,14 +162,19 @@ def checkpoint_pair_scores(args, tasks: ZeroShotTasks, vocab_size: int) -> np.nd
     return score_pairs(engine, tasks.rows, args.micro_batch_size, show_progress=dist.get_rank() == 0)
 
 
+def _read_json(flag: str, path: str):
+    """The JSON value in the file a flag names; an unreadable or invalid file is a ConfigError."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{flag} {path}: {error}") from None
+
+
 def read_baseline(path: str | None) -> dict | None:
     """Another run's --output-json, checked before any scoring."""
     if path is None:
         return None
-    try:
-        baseline = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ConfigError(f"--baseline {path}: {error}") from None
+    baseline = _read_json("--baseline", path)
     if not isinstance(baseline, dict) or not isinstance(baseline.get("median_over_prompts"), dict):
         raise ConfigError(f"--baseline {path}: not an --output-json of tools/evaluate.py (no median_over_prompts)")
     return baseline
@@ -179,10 +184,7 @@ def read_finetuned_languages(path: str | None, datasets: set[str]) -> dict[str, 
     """--finetuned-languages: every evaluated dataset with its list of language codes."""
     if path is None:
         return None
-    try:
-        listed = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ConfigError(f"--finetuned-languages {path}: {error}") from None
+    listed = _read_json("--finetuned-languages", path)
     if not isinstance(listed, dict) or not all(
             isinstance(codes, list) and all(isinstance(code, str) for code in codes) for codes in listed.values()):
         raise ConfigError(f'--finetuned-languages {path}: not a JSON object {{"dataset": ["language", ...]}}')
