@@ -68,11 +68,17 @@ def accuracy_report(examples: Sequence[ChoiceExample], predicted: Sequence[int],
     }
 
 
+def grouping(report: dict) -> str:
+    """How a report grouped its languages: 'pretraining' (BLOOM's) or 'finetuning'."""
+    return "pretraining" if "mean_by_pretraining_languages" in report else "finetuning"
+
+
 def format_table(report: dict, baseline: dict | None = None) -> str:
     """The medians over prompts per dataset and language (and the dataset means) as a text table;
     with `baseline` (another report), its column and the difference beside them. The fourth
     column is the language's group: seen/unseen in pretraining, or finetuned/held-out."""
-    header = ["dataset", "language", "prompts", "seen" if "mean_by_pretraining_languages" in report else "finetune"] + (["baseline", "accuracy", "change"] if baseline
+    group = "seen" if grouping(report) == "pretraining" else "finetune"
+    header = ["dataset", "language", "prompts", group] + (["baseline", "accuracy", "change"] if baseline
                                                           else ["accuracy"])
     lines = []
     for dataset, languages in report["median_over_prompts"].items():

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from megatron.evaluation.accuracy import grouping
+
 COLOURS = {"seen": "#3b75af", "unseen": "#ef8636", "finetuned": "#3b75af", "held-out": "#ef8636"}
 LEGEND = {"pretraining": ("seen in pretraining", "unseen"), "finetuning": ("finetuned in", "held out of the finetune")}
 
@@ -40,7 +42,7 @@ def plot_accuracy(report: dict, path: str | Path, title: str, baseline: dict | N
         ax.set_title(f"{dataset}\nmean {report['mean_over_languages'][dataset]:.3f}", fontsize=10)
         ax.set_ylim(0, 1)
     axes[0][0].set_ylabel("accuracy (median over prompts)")
-    labels = LEGEND["pretraining" if "mean_by_pretraining_languages" in report else "finetuning"]
+    labels = LEGEND[grouping(report)]
     legend = [Patch(color=COLOURS["seen"], label=labels[0]), Patch(color=COLOURS["unseen"], label=labels[1]),
               Patch(fill=False, edgecolor="#555555", linestyle="--", label="chance")]
     if baseline:
